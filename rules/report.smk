@@ -1,0 +1,30 @@
+# Aggregation: one table per study, and results/metrics.json for `dvc metrics show`.
+
+
+rule study_table:
+    input:
+        study_metrics,
+    output:
+        csv="results/tables/{study}.csv",
+        md="results/tables/{study}.md",
+    log:
+        "logs/table/{study}.log",
+    shell:
+        "frelon table {input} --csv {output.csv} --md {output.md} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        expand("results/tables/{study}.csv", study=config["studies"]),
+    output:
+        "results/metrics.json",
+    log:
+        "logs/metrics.log",
+    shell:
+        "frelon metrics {input} --out {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        expand("results/tables/{study}.{ext}", study=config["studies"], ext=["csv", "md"]),
+        "results/metrics.json",

@@ -1,0 +1,141 @@
+"""The `frelon` command: every pipeline step, runnable outside Snakemake too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from frelon.errors import FrelonError
+
+
+def _demo_data(args: argparse.Namespace) -> None:
+    from frelon.data import demo
+
+    if args.kind == "hornet":
+        demo.generate_hornet(args.out, args.presence, args.absence, args.size, args.seed)
+    else:
+        demo.generate_source(args.out, args.per_class, args.size, args.seed)
+
+
+def _fetch(args: argparse.Namespace) -> None:
+    from frelon.data.sources import fetch
+
+    fetch(args.url, args.dest, sha256=args.sha256, sha256_url=args.sha256_url)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from frelon.data.folder import prepare
+
+    manifest = prepare(args.source, args.classes.split(","), args.val, args.test, args.size, args.seed, args.out)
+    print(manifest.groupby(["split", "class"]).size().unstack(fill_value=0).to_string())
+
+
+def _launch(args: argparse.Namespace, worker_args: list[str]) -> int:
+    from frelon.train.launcher import launch
+
+    with open(args.spec) as f:
+        spec = json.load(f)
+    return launch(worker_args, spec["train"]["world_size"], spec["device"], args.threads)
+
+
+def _train(args: argparse.Namespace) -> int:
+    return _launch(args, ["train", args.spec])
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    return _launch(args, ["evaluate", args.spec, "--checkpoint", args.checkpoint, "--out", args.out])
+
+
+def _export_weights(args: argparse.Namespace) -> None:
+    from frelon.models.weights import export
+
+    print(export(args.checkpoint, args.out))
+
+
+def _table(args: argparse.Namespace) -> None:
+    from frelon.report.tables import study_table, write_table
+
+    table = study_table(args.metrics)
+    write_table(table, args.csv, args.md)
+    print(table.to_markdown(index=False))
+
+
+def _metrics(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from frelon.report.tables import write_metrics
+
+    write_metrics({Path(p).stem: p for p in args.tables}, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frelon", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="generate the demo's hornet or pretraining source set")
+    p.add_argument("kind", choices=["hornet", "source"])
+    p.add_argument("out")
+    p.add_argument("--presence", type=int, default=140)
+    p.add_argument("--absence", type=int, default=248)
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo_data)
+
+    p = sub.add_parser("fetch", help="download a file and verify its SHA-256")
+    p.add_argument("url")
+    p.add_argument("dest")
+    p.add_argument("--sha256", help="full digest or a hex prefix (torchvision's 8 characters)")
+    p.add_argument("--sha256-url", help="URL of a checksum file ('<digest>  <name>')")
+    p.set_defaults(func=_fetch)
+
+    p = sub.add_parser("prepare", help="split a folder-per-class image set and cache it at training size")
+    p.add_argument("source")
+    p.add_argument("out")
+    p.add_argument("--classes", required=True, help="comma-separated class folder names, in label order")
+    p.add_argument("--val", type=float, default=0.2)
+    p.add_argument("--test", type=float, default=0.2)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_prepare)
+
+    for name, func, help_text in (("train", _train, "train a spec through torchrun"),
+                                  ("evaluate", _evaluate, "score a checkpoint on the test split")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("spec")
+        p.add_argument("--threads", type=int, help="CPU threads for the job, shared among processes")
+        if name == "evaluate":
+            p.add_argument("--checkpoint", required=True)
+            p.add_argument("--out", required=True)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("export-weights", help="write a checkpoint's model as torchvision weights + .sha256")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.set_defaults(func=_export_weights)
+
+    p = sub.add_parser("table", help="one study's table (CSV + Markdown) from its runs' metrics.json")
+    p.add_argument("metrics", nargs="+")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.set_defaults(func=_table)
+
+    p = sub.add_parser("metrics", help="results/metrics.json for dvc from the study tables")
+    p.add_argument("tables", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except FrelonError as exc:
+        print(f"frelon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Load and validate the pipeline configuration before any job runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from frelon.errors import FrelonError
+
+
+def _where(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    """One sentence that names the offending key and what would fix it."""
+    where = _where(error.absolute_path)
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return f"config key {where}: missing required key {missing[0]!r}; add it (see config/demo.yaml)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return (f"config key {where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(allowed)} "
+                f"(a typo?)")
+    return f"config key {where}: {error.message}"
+
+
+def validate(config: dict, schema_path: str | os.PathLike) -> dict:
+    """Raise a FrelonError naming the first bad key; return the config unchanged when it is valid."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path)))
+    if errors:
+        raise FrelonError(_explain(errors[0]))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    """Names used in studies must exist: datasets and weights entries."""
+    datasets, weights = config["datasets"], config.get("weights", {})
+    runs = [(f"studies.{s}", study["dataset"], exp) for s, study in config["studies"].items()
+            for exp in study["experiments"].values()]
+    if "demo" in config:
+        runs.append(("demo.pretrain", config["demo"]["pretrain"]["dataset"], config["demo"]["pretrain"]))
+    for where, dataset, experiment in runs:
+        if dataset not in datasets:
+            raise FrelonError(f"config key {where}: dataset {dataset!r} is not defined under datasets "
+                              f"(defined: {', '.join(datasets)})")
+        name = experiment.get("model", {}).get("weights")
+        if name is not None and name not in weights:
+            raise FrelonError(f"config key {where}: weights {name!r} are not defined under weights "
+                              f"(defined: {', '.join(weights) or 'none'})")
+
+
+def load(path: str | os.PathLike, schema_path: str | os.PathLike = "config/schema.yaml") -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FrelonError(f"config file {path} does not exist; pass --configfile config/demo.yaml or create it")
+    return validate(yaml.safe_load(path.read_text()) or {}, schema_path)

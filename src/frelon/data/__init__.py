@@ -1,0 +1,1 @@
+"""Data stages: sources (download + verify), folder datasets, demo generators."""

@@ -1,0 +1,30 @@
+"""The training-time view of a prepared split: normalised tensors, optional mirror."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import Dataset
+
+
+class CachedSplit(Dataset):
+    """Images of one prepared split (uint8 cache), normalised with the model's mean/std."""
+
+    def __init__(self, path: str | os.PathLike, mean: list[float], std: list[float], flip: bool = False):
+        blob = torch.load(path, weights_only=True)
+        self.images: torch.Tensor = blob["images"]
+        self.labels: torch.Tensor = blob["labels"]
+        self.classes: list[str] = blob["classes"]
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (self.images[i].float() / 255 - self.mean) / self.std
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, self.labels[i]

@@ -1,0 +1,1 @@
+"""Models: the course's ResNet family (and, later, CenterNet on its backbone)."""

@@ -1,0 +1,37 @@
+"""Weights files in torchvision's format: a plain `state_dict`, published with its SHA-256."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from frelon.atomic import torch_save, write_text
+from frelon.data.sources import sha256_of
+from frelon.errors import FrelonError
+from frelon.models.resnet import ResNet
+
+
+def load_pretrained(model: ResNet, weights_path: str | os.PathLike) -> ResNet:
+    """Load a torchvision-format ResNet `state_dict` into the backbone; the task's head stays new."""
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise FrelonError(
+            f"weights {weights_path} do not fit this {model.arch}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; use torchvision-format weights of the same arch"
+        )
+    return model
+
+
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> str:
+    """Write a training checkpoint's model as a torchvision weights file plus `<out>.sha256`."""
+    out = Path(out)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    torch_save(state, out)
+    digest = sha256_of(out)
+    write_text(f"{out}.sha256", f"{digest}  {out.name}\n")
+    return digest

@@ -1,0 +1,1 @@
+"""Reports: one table per study, and the metrics file DVC shows."""

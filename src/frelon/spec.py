@@ -1,0 +1,82 @@
+"""Resolve one experiment of the config into a spec: everything needed to rerun it, nothing implicit."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from frelon.errors import FrelonError
+from frelon.models.resnet import IMAGENET_MEAN, IMAGENET_STD
+from frelon.train.schedules import scaled_lr
+
+RUNS_DIR = "results/runs"
+PRETRAIN_RUN = "data/demo/pretrain"
+
+
+def prepared_dir(dataset: str) -> str:
+    return f"data/prepared/{dataset}"
+
+
+def weights_path(name: str) -> str:
+    return f"data/weights/{name}.pth"
+
+
+def run_dir(study: str, experiment: str) -> str:
+    return f"{RUNS_DIR}/{study}/{experiment}"
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def all_runs(config: dict) -> list[str]:
+    """Run folders of every experiment of every study, in config order."""
+    return [run_dir(s, e) for s, study in config["studies"].items() for e in study["experiments"]]
+
+
+def _locate(config: dict, run: str) -> tuple[str, str, dict]:
+    """(experiment name, dataset, experiment overrides) of a run folder."""
+    if run == PRETRAIN_RUN and "demo" in config:
+        pretrain = config["demo"]["pretrain"]
+        return "pretrain/demo", pretrain["dataset"], pretrain
+    parts = os.path.relpath(run, RUNS_DIR).split(os.sep)
+    studies = config["studies"]
+    if len(parts) != 2 or parts[0] not in studies or parts[1] not in studies[parts[0]]["experiments"]:
+        raise FrelonError(f"{run} is not a run of this config: expected {RUNS_DIR}/<study>/<experiment>")
+    study, name = parts
+    return f"{study}/{name}", studies[study]["dataset"], studies[study]["experiments"][name]
+
+
+def resolve(config: dict, run: str) -> dict:
+    """The spec of the run in folder `run`."""
+    experiment, dataset_name, overrides = _locate(config, run)
+    dataset = config["datasets"][dataset_name]
+    train = _merge(config["train"], overrides.get("train", {}))
+    model = _merge({"arch": "resnet18", "weights": None}, overrides.get("model", {}))
+    global_batch = train["batch_size"] * train["world_size"]
+    train["global_batch"] = global_batch
+    train["lr"] = scaled_lr(train["base_lr"], global_batch, train["base_batch"])
+    return {
+        "experiment": experiment,
+        "task": "classification",
+        "seed": config["seed"],
+        "device": config.get("device", "auto"),
+        "output": run,
+        "data": {
+            "dir": prepared_dir(dataset_name),
+            "classes": list(dataset["classes"]),
+            "image_size": dataset["image_size"],
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        "model": {
+            "arch": model["arch"],
+            "num_classes": len(dataset["classes"]),
+            "weights": model["weights"],
+            "weights_path": weights_path(model["weights"]) if model["weights"] else None,
+        },
+        "train": train,
+    }

@@ -1,0 +1,1 @@
+"""Training: distributed set-up, the launcher, schedules and the training loop."""

@@ -11,6 +11,7 @@ if not workflow.config_settings.configfiles:
 
 
 frelon_config.validate(config, workflow.source_path("config/schema.yaml"))
+frelon_config.check_sources(config)
 
 
 include: "rules/common.smk"
@@ -18,6 +19,16 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+
+# Bookkeeping steps run on the submitting host, not as cluster jobs.
+localrules:
+    all,
+    data,
+    runs,
+    report,
+    spec,
+    study_table,
+    metrics,
 
 
 rule all:

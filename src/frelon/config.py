@@ -64,3 +64,16 @@ def load(path: str | os.PathLike, schema_path: str | os.PathLike = "config/schem
     if not path.is_file():
         raise FrelonError(f"config file {path} does not exist; pass --configfile config/demo.yaml or create it")
     return validate(yaml.safe_load(path.read_text()) or {}, schema_path)
+
+
+def check_sources(config: dict, pipeline_dir: str | os.PathLike = "data") -> None:
+    """Check now, before any job, the dataset folders the user supplies (not those the pipeline writes)."""
+    from frelon.data.folder import scan
+
+    owned = Path(pipeline_dir).resolve()
+    for name, dataset in config["datasets"].items():
+        if not Path(dataset["source"]).resolve().is_relative_to(owned):
+            try:
+                scan(dataset["source"], dataset["classes"])
+            except FrelonError as exc:
+                raise FrelonError(f"config key datasets.{name}.source: {exc}") from None

@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The torch build: CPU here; on a GPU machine, e.g. TORCH="torch torchvision" with pip's CUDA index.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test clean
+
+$(BIN)/frelon: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(BIN)/frelon
+
+demo: install
+	snakemake --cores all --configfile config/demo.yaml
+
+test: install
+	pytest -q
+
+clean:
+	rm -rf data results logs .snakemake

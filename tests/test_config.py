@@ -1,0 +1,54 @@
+import copy
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO
+from frelon.config import check_sources, validate
+from frelon.errors import FrelonError
+
+SCHEMA = REPO / "config" / "schema.yaml"
+
+
+@pytest.fixture
+def demo():
+    return yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+
+
+def test_both_shipped_configs_are_valid(demo):
+    validate(demo, SCHEMA)
+    validate(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), SCHEMA)
+
+
+def test_a_missing_key_is_named(demo):
+    del demo["train"]["epochs"]
+    with pytest.raises(FrelonError, match="config key train: missing required key 'epochs'"):
+        validate(demo, SCHEMA)
+
+
+def test_a_mistyped_key_is_named_with_the_allowed_ones(demo):
+    demo["train"]["batch_sise"] = demo["train"].pop("batch_size")
+    with pytest.raises(FrelonError, match="config key train: unknown key 'batch_sise'.*batch_size"):
+        validate(demo, SCHEMA)
+
+
+def test_a_wrong_type_is_named(demo):
+    demo["datasets"]["hornet"]["image_size"] = "large"
+    with pytest.raises(FrelonError, match="config key datasets.hornet.image_size: 'large' is not of type 'integer'"):
+        validate(demo, SCHEMA)
+
+
+def test_an_undefined_dataset_is_named(demo):
+    demo["studies"]["finetune"]["dataset"] = "wasps"
+    with pytest.raises(FrelonError, match="studies.finetune: dataset 'wasps' is not defined"):
+        validate(demo, SCHEMA)
+
+
+def test_a_user_folder_without_class_subfolders_is_refused_at_load(demo, tmp_path):
+    config = copy.deepcopy(demo)
+    (tmp_path / "mine" / "absence").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "mine" / "absence" / "a.png")
+    config["datasets"] = {"hornet": {**config["datasets"]["hornet"], "source": str(tmp_path / "mine")}}
+    with pytest.raises(FrelonError, match="datasets.hornet.source: .*no presence/ subfolder"):
+        check_sources(config, pipeline_dir=tmp_path / "data")

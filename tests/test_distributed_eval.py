@@ -1,0 +1,61 @@
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from frelon.evaluate.classification import confusion_matrix, metrics
+from frelon.train import distributed
+
+N, CLASSES = 13, 3  # odd on purpose: a padding sampler would count two images twice
+
+
+def dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, CLASSES, (N,), generator=g)
+    logits = torch.randn(N, CLASSES, generator=g)  # the "model" below returns these unchanged
+    return TensorDataset(logits, labels)
+
+
+def _rank(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = distributed.init("cpu")
+    try:
+        counts = confusion_matrix(nn.Identity(), dataset(), CLASSES, world, batch_size=4)
+        torch.save(counts, f"{out}.{rank}")
+    finally:
+        distributed.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_count_every_test_image_exactly_once(tmp_path):
+    out = str(tmp_path / "counts")
+    mp.spawn(_rank, args=(2, free_port(), out), nprocs=2, join=True)
+    rank0, rank1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    logits, labels = dataset().tensors
+    expected = torch.zeros(CLASSES, CLASSES, dtype=torch.int64)
+    for y, p in zip(labels, logits.argmax(1)):
+        expected[y, p] += 1
+    assert torch.equal(rank0, expected) and torch.equal(rank1, expected)
+    assert int(rank0.sum()) == N
+
+
+def test_shards_are_disjoint_and_cover_everything():
+    worlds = [distributed.World(r, 3, r, torch.device("cpu")) for r in range(3)]
+    shards = [distributed.shard(10, w) for w in worlds]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+
+
+def test_balanced_accuracy_is_the_mean_recall():
+    result = metrics(torch.tensor([[8, 2], [1, 1]]), ["absence", "presence"])
+    assert result["n"] == 12
+    assert result["accuracy"] == 9 / 12
+    assert result["balanced_accuracy"] == (0.8 + 0.5) / 2

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from PIL import Image
+
+from frelon.data.folder import prepare, scan, stratified_split
+from frelon.errors import FrelonError
+
+
+def make_folder(root, counts, size=40):
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (size + i % 3, size), (i * 7 % 255, 80, 120)).save(root / name / f"{name}{i:03d}.png")
+    return root
+
+
+def files(counts):
+    return {name: [f"{name}/{i:03d}.jpg" for i in range(n)] for name, n in counts.items()}
+
+
+def test_split_is_stratified_and_disjoint():
+    manifest = stratified_split(files({"absence": 184, "presence": 104}), val=0.15, test=0.15, seed=0)
+    assert manifest.path.is_unique
+    for split, part in manifest.groupby("split"):
+        share = (part["class"] == "presence").mean()
+        assert share == pytest.approx(104 / 288, abs=0.01), split
+    counts = manifest.groupby(["split", "class"]).size()
+    assert counts["test", "presence"] == round(104 * 0.15) and counts["test", "absence"] == round(184 * 0.15)
+
+
+def test_split_is_reproducible_from_the_seed():
+    a = stratified_split(files({"a": 50, "b": 30}), 0.2, 0.2, seed=3)
+    b = stratified_split(files({"a": 50, "b": 30}), 0.2, 0.2, seed=3)
+    c = stratified_split(files({"a": 50, "b": 30}), 0.2, 0.2, seed=4)
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_class_too_small_to_split_is_refused():
+    with pytest.raises(FrelonError, match="class 'b' has 2 images"):
+        stratified_split(files({"a": 50, "b": 2}), 0.2, 0.2, seed=0)
+
+
+def test_missing_class_folder_is_named_with_the_fix(tmp_path):
+    make_folder(tmp_path, {"absence": 3})
+    with pytest.raises(FrelonError, match=r"no presence/ subfolder.*one subfolder per class"):
+        scan(tmp_path, ["absence", "presence"])
+
+
+def test_empty_class_folder_is_refused(tmp_path):
+    make_folder(tmp_path, {"absence": 3})
+    (tmp_path / "presence").mkdir()
+    (tmp_path / "presence" / "notes.txt").write_text("no images here")
+    with pytest.raises(FrelonError, match="holds no images"):
+        scan(tmp_path, ["absence", "presence"])
+
+
+def test_prepare_caches_every_split_at_training_size(tmp_path):
+    make_folder(tmp_path / "src", {"absence": 10, "presence": 6})
+    manifest = prepare(tmp_path / "src", ["absence", "presence"], 0.2, 0.2, 32, 0, tmp_path / "out")
+    total = 0
+    for split in ("train", "val", "test"):
+        blob = torch.load(tmp_path / "out" / f"{split}.pt", weights_only=True)
+        assert blob["images"].dtype == torch.uint8 and blob["images"].shape[1:] == (3, 32, 32)
+        assert blob["paths"] == list(manifest[manifest.split == split].path)
+        total += len(blob["labels"])
+    assert total == 16
+    assert (tmp_path / "out" / "manifest.csv").exists() and (tmp_path / "out" / "report.json").exists()
+
+
+def test_failed_prepare_leaves_no_output(tmp_path):
+    make_folder(tmp_path / "src", {"absence": 10, "presence": 6})
+    (tmp_path / "src" / "presence" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(Exception):
+        prepare(tmp_path / "src", ["absence", "presence"], 0.2, 0.2, 32, 0, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -1,0 +1,107 @@
+"""End to end: the Snakemake DAG on the embedded demo, and bad input stopped before any training."""
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import copy_workflow, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_dag_is_shown_without_running_anything(tmp_path):
+    work = copy_workflow(tmp_path)
+    proc = run(["snakemake", "-n", "--cores", "2", "--configfile", "config/demo.yaml"], cwd=work)
+    for rule in ("demo_hornet", "prepare_dataset", "fetch_weights", "train", "evaluate", "study_table"):
+        assert rule in proc.stdout
+    assert not (work / "data").exists() and not (work / "results").exists()
+
+
+def test_demo_produces_the_finetune_table_from_real_training(demo_run):
+    table = pd.read_csv(demo_run / "results" / "tables" / "finetune.csv").set_index("experiment")
+    assert list(table.index) == ["pretrained", "random"]
+    assert list(table.init) == ["resnet18", "random"]
+    counts = json.loads((demo_run / "data" / "prepared" / "hornet" / "report.json").read_text())["counts"]
+    n_test = sum(counts["test"].values())
+    majority = max(counts["test"].values()) / n_test
+    assert (table.n_test == n_test).all()
+    pretrained = table.loc["pretrained"]
+    assert pretrained.test_accuracy > majority and pretrained.test_balanced_accuracy > 0.6
+    history = pd.read_csv(demo_run / "results" / "runs" / "finetune" / "pretrained" / "history.csv")
+    assert len(history) == pretrained.epochs
+    assert (demo_run / "results" / "tables" / "finetune.md").read_text().startswith("| experiment")
+
+
+def test_dvc_metrics_file_matches_the_table(demo_run):
+    metrics = json.loads((demo_run / "results" / "metrics.json").read_text())
+    table = pd.read_csv(demo_run / "results" / "tables" / "finetune.csv").set_index("experiment")
+    assert metrics["finetune"]["random"]["test_accuracy"] == table.loc["random", "test_accuracy"]
+
+
+def test_demo_weights_went_through_the_hash_checked_fetch(demo_run):
+    exported = demo_run / "data" / "demo" / "weights" / "resnet18-demo.pth"
+    fetched = demo_run / "data" / "weights" / "resnet18.pth"
+    digest = (exported.parent / "resnet18-demo.pth.sha256").read_text().split()[0]
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == digest
+
+
+def test_a_second_run_does_nothing(demo_run):
+    proc = run(["snakemake", "--cores", "2", "--configfile", "config/demo.yaml"], cwd=demo_run)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def user_config(work, hornet, weights_file, sha256):
+    """A config for a user's own data: a hornet folder and a local weights file."""
+    config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
+    del config["demo"]
+    config["datasets"] = {"hornet": {**config["datasets"]["hornet"], "source": str(hornet)}}
+    config["weights"] = {"resnet18": {"url": f"file://{weights_file}", "sha256": sha256}}
+    path = work / "config" / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def make_hornet(root, classes=("absence", "presence"), n=6):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (40, 40), (30 * i, 100, 50)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_mistyped_config_key_stops_before_any_job(tmp_path):
+    work = copy_workflow(tmp_path / "w")
+    config = (work / "config" / "demo.yaml").read_text().replace("  epochs: 8", "  epoch: 8")
+    (work / "config" / "demo.yaml").write_text(config)
+    proc = run(["snakemake", "--cores", "2", "--configfile", "config/demo.yaml"], cwd=work, check=False)
+    assert proc.returncode != 0
+    assert "config key train: unknown key 'epoch'" in proc.stdout + proc.stderr
+    assert not (work / "data").exists() and not (work / "results").exists()
+
+
+def test_a_folder_without_presence_stops_before_any_job(tmp_path):
+    work = copy_workflow(tmp_path / "w")
+    hornet = make_hornet(tmp_path / "hornet", classes=("absence",))
+    (tmp_path / "w.pth").write_bytes(b"x")
+    config = user_config(work, hornet, tmp_path / "w.pth", "0" * 64)
+    proc = run(["snakemake", "--cores", "2", "--configfile", str(config)], cwd=work, check=False)
+    assert proc.returncode != 0
+    assert "no presence/ subfolder" in proc.stdout + proc.stderr
+    assert not (work / "data").exists() and not (work / "results").exists()
+
+
+def test_a_weights_hash_mismatch_stops_before_training_and_leaves_no_file(tmp_path):
+    work = copy_workflow(tmp_path / "w")
+    hornet = make_hornet(tmp_path / "hornet")
+    (tmp_path / "w.pth").write_bytes(b"not the weights you expected")
+    config = user_config(work, hornet, tmp_path / "w.pth", "f37072fd")
+    proc = run(["snakemake", "--cores", "2", "--configfile", str(config)], cwd=work, check=False)
+    assert proc.returncode != 0
+    log = (work / "logs" / "fetch_weights" / "resnet18.log").read_text()
+    assert "SHA-256 mismatch: expected f37072fd" in log
+    assert not (work / "data" / "weights").exists() or not list((work / "data" / "weights").iterdir())
+    assert not list((work / "results" / "runs").glob("*/*/model.pt"))

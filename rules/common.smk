@@ -1,5 +1,4 @@
 # Input functions and names shared by the rules; every computation lives in src/frelon.
-import json
 import urllib.parse
 
 from frelon import spec as frelon_spec
@@ -37,5 +36,4 @@ def local_file(url):
 
 
 def study_metrics(wildcards):
-    runs = frelon_spec.all_runs(config)
-    return [f"{r}/metrics.json" for r in runs if r.split("/")[2] == wildcards.study]
+    return [f"{run}/metrics.json" for run in frelon_spec.all_runs(config, wildcards.study)]

@@ -58,14 +58,6 @@ def _check_references(config: dict) -> None:
                               f"(defined: {', '.join(weights) or 'none'})")
 
 
-def load(path: str | os.PathLike, schema_path: str | os.PathLike = "config/schema.yaml") -> dict:
-    """Read a YAML config file and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FrelonError(f"config file {path} does not exist; pass --configfile config/demo.yaml or create it")
-    return validate(yaml.safe_load(path.read_text()) or {}, schema_path)
-
-
 def check_sources(config: dict, pipeline_dir: str | os.PathLike = "data") -> None:
     """Check now, before any job, the dataset folders the user supplies (not those the pipeline writes)."""
     from frelon.data.folder import scan

@@ -32,9 +32,10 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def all_runs(config: dict) -> list[str]:
-    """Run folders of every experiment of every study, in config order."""
-    return [run_dir(s, e) for s, study in config["studies"].items() for e in study["experiments"]]
+def all_runs(config: dict, only_study: str | None = None) -> list[str]:
+    """Run folders of every experiment of every study (or of `only_study`), in config order."""
+    return [run_dir(s, e) for s, study in config["studies"].items() for e in study["experiments"]
+            if only_study in (None, s)]
 
 
 def _locate(config: dict, run: str) -> tuple[str, str, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def train(spec: dict, world: World) -> None:
         totals = torch.zeros(3, dtype=torch.float64, device=world.device)  # loss sum, correct, count
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not world.is_main, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not world.is_main, leave=False,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line now and then
         for x, y in bar:
             x, y = x.to(world.device), y.to(world.device)
             logits = net(x)

@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from frelon.train.schedules import build_scheduler, scaled_lr, warmup_cosine
+from frelon.train.schedules import build_scheduler, lr_factor, scaled_lr
+
+EPOCH = 10  # optimizer steps per epoch in these tables
+
+
+def table(policy, epochs=10):
+    return [lr_factor(s, policy, EPOCH, epochs * EPOCH) for s in range(epochs * EPOCH + 1)]
 
 
 def test_linear_scaling_rule():
@@ -12,24 +18,48 @@ def test_linear_scaling_rule():
     assert scaled_lr(0.02, 32, 64) == pytest.approx(0.01)
 
 
-def test_warmup_starts_at_start_factor_and_reaches_one():
-    f = lambda step: warmup_cosine(step, total_steps=100, warmup_steps=10, start_factor=0.1, final_factor=0.0)
-    assert f(0) == pytest.approx(0.1)
-    assert f(5) == pytest.approx(0.55)
-    assert f(10) == pytest.approx(1.0)
+def test_warmup_runs_linearly_from_the_start_factor_to_one():
+    f = table({"warmup_epochs": 1, "warmup_start_factor": 0.1, "decay": "constant"})
+    assert f[0] == pytest.approx(0.1)
+    assert f[5] == pytest.approx(0.55)
+    assert f[10] == pytest.approx(1.0) and f[60] == 1.0
 
 
-def test_cosine_decays_to_final_factor():
-    f = lambda step: warmup_cosine(step, total_steps=100, warmup_steps=10, start_factor=0.1, final_factor=0.01)
-    assert f(55) == pytest.approx(0.01 + 0.99 * 0.5)
-    assert f(100) == pytest.approx(0.01)
-    assert f(150) == pytest.approx(0.01)
-    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+def test_warmup_in_iterations_overrides_epochs():
+    f = table({"warmup_epochs": 5, "warmup_iterations": 4, "warmup_start_factor": 0.0, "decay": "constant"})
+    assert f[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_cosine_decays_to_the_final_factor():
+    f = table({"warmup_epochs": 1, "warmup_start_factor": 0.1, "decay": "cosine", "final_factor": 0.01})
+    assert f[55] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f[100] == pytest.approx(0.01)
+    assert all(f[s] >= f[s + 1] for s in range(10, 100))
+
+
+def test_step_decay_every_n_epochs():
+    f = table({"decay": "step", "step_epochs": 3, "gamma": 0.1})
+    assert f[29] == 1.0 and f[30] == pytest.approx(0.1) and f[60] == pytest.approx(0.01)
+
+
+def test_multistep_decay_at_milestones_after_warmup():
+    # Goyal et al.: 5 warmup epochs, then x0.1 at epochs 30, 60, 80 (here 3, 6, 8)
+    f = table({"warmup_epochs": 0.5, "warmup_start_factor": 0.0, "decay": "multistep",
+               "milestones": [3, 6, 8], "gamma": 0.1})
+    assert f[0] == 0.0 and f[5] == 1.0
+    assert f[29] == 1.0 and f[30] == pytest.approx(0.1) and f[60] == pytest.approx(0.01)
+    assert f[80] == pytest.approx(0.001)
+
+
+def test_polynomial_decay():
+    f = table({"decay": "poly", "power": 2.0, "final_factor": 0.0})
+    assert f[0] == 1.0 and f[50] == pytest.approx(0.25) and f[100] == 0.0
 
 
 def test_scheduler_steps_the_optimizer_per_iteration():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
-    sched = build_scheduler(opt, total_steps=20, warmup_steps=4, start_factor=0.25, final_factor=0.0)
+    policy = {"warmup_iterations": 4, "warmup_start_factor": 0.25, "decay": "cosine", "final_factor": 0.0}
+    sched = build_scheduler(opt, policy, steps_per_epoch=5, total_steps=20)
     seen = []
     for _ in range(21):
         seen.append(opt.param_groups[0]["lr"])

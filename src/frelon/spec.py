@@ -57,9 +57,10 @@ def resolve(config: dict, run: str) -> dict:
     dataset = config["datasets"][dataset_name]
     train = _merge(config["train"], overrides.get("train", {}))
     model = _merge({"arch": "resnet18", "weights": None}, overrides.get("model", {}))
-    global_batch = train["batch_size"] * train["world_size"]
+    global_batch = train["batch_size"] * train["world_size"] * train["accumulate"]
     train["global_batch"] = global_batch
-    train["lr"] = scaled_lr(train["base_lr"], global_batch, train["base_batch"])
+    train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])
+                   if train["lr_scaling"] == "linear" else train["base_lr"])
     return {
         "experiment": experiment,
         "task": "classification",

@@ -9,9 +9,15 @@ from torch.utils.data import Dataset
 
 
 class CachedSplit(Dataset):
-    """Images of one prepared split (uint8 cache), normalised with the model's mean/std."""
+    """Images of one prepared split (uint8 cache), normalised with the model's mean/std.
 
-    def __init__(self, path: str | os.PathLike, mean: list[float], std: list[float], flip: bool = False):
+    Random augmentation draws from a generator seeded by (seed, epoch, index), not from a
+    process-wide stream: an image gets the same augmentation whichever rank or worker loads it,
+    and a run resumed mid-epoch sees exactly the images the uninterrupted run saw.
+    """
+
+    def __init__(self, path: str | os.PathLike, mean: list[float], std: list[float],
+                 flip: bool = False, seed: int = 0):
         blob = torch.load(path, weights_only=True)
         self.images: torch.Tensor = blob["images"]
         self.labels: torch.Tensor = blob["labels"]
@@ -19,12 +25,19 @@ class CachedSplit(Dataset):
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.flip = flip
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = (self.images[i].float() / 255 - self.mean) / self.std
-        if self.flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
+        if self.flip:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            if torch.rand((), generator=g) < 0.5:
+                x = x.flip(-1)
         return x, self.labels[i]

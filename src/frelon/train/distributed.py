@@ -52,3 +52,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def shard(n: int, world: World) -> list[int]:
     """This rank's indices of 0..n-1: disjoint across ranks, covering each index exactly once."""
     return list(range(world.rank, n, world.world_size))
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks, in place: a flag raised on any rank is raised on all."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def all_gather_objects(obj: object) -> list:
+    """Every rank's `obj`, in rank order (a one-element list when running alone)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

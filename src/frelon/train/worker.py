@@ -6,7 +6,26 @@ import argparse
 import json
 import sys
 
-from frelon.train import distributed, loop
+import torch
+
+from frelon import tasks
+from frelon.atomic import write_json
+from frelon.train import distributed, engine
+from frelon.train.preemption import EXIT_PREEMPTED, Preempted
+
+
+def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) -> None:
+    """Score a trained model on the test split; rank 0 writes the metrics JSON."""
+    task = tasks.build(spec)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = task.build_model(pretrained=False)
+    model.load_state_dict(state["model"])
+    result = task.evaluate(model.to(world.device), "test", world)
+    if world.is_main:
+        print(f"{spec['experiment']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
+                                                   if isinstance(v, float)), flush=True)
+        write_json(out, {"experiment": spec["experiment"], "split": "test",
+                         "train_seconds": state["train_seconds"], **result})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     world = distributed.init(spec["device"])
     try:
         if args.mode == "train":
-            loop.train(spec, world)
+            engine.fit(tasks.build(spec), spec, world)
         else:
-            loop.evaluate(spec, args.checkpoint, args.out, world)
+            evaluate(spec, args.checkpoint, args.out, world)
+    except Preempted as exc:
+        if world.is_main:
+            print(f"{exc}; rerun to resume", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except Exception as exc:
         print(f"[rank {world.rank}] {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         raise

@@ -1,0 +1,43 @@
+"""Image classification: a ResNet, cross-entropy, accuracy and balanced accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from frelon.data.dataset import CachedSplit
+from frelon.evaluate.classification import confusion_matrix, metrics
+from frelon.models.resnet import ResNet
+from frelon.models.weights import load_pretrained
+from frelon.train.distributed import World
+
+
+class ClassificationTask:
+    collate = None
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.num_classes = spec["model"]["num_classes"]
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def build_model(self, pretrained: bool) -> nn.Module:
+        model = ResNet(self.spec["model"]["arch"], num_classes=self.num_classes)
+        if pretrained and self.spec["model"]["weights_path"]:
+            load_pretrained(model, self.spec["model"]["weights_path"])
+        return model
+
+    def dataset(self, split: str, train: bool = False) -> CachedSplit:
+        data = self.spec["data"]
+        return CachedSplit(Path(data["dir"]) / f"{split}.pt", data["mean"], data["std"],
+                           flip=train, seed=self.spec["seed"])
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
+        logits = model(x)
+        return self.loss_fn(logits, y), {"samples": torch.tensor(len(y)), "accuracy": (logits.argmax(1) == y).sum()}
+
+    def evaluate(self, model: nn.Module, split: str, world: World) -> dict:
+        dataset = self.dataset(split)
+        return metrics(confusion_matrix(model, dataset, self.num_classes, world), dataset.classes)

@@ -1,0 +1,199 @@
+"""The one training engine: loop, devices, precision, distribution, schedule, checkpoints, logging.
+
+A task (classification, detection) supplies its model, data, loss and evaluation; everything
+else happens here, top to bottom, the same way for every experiment of the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from frelon.atomic import torch_save
+from frelon.errors import FrelonError
+from frelon.tasks.base import Task
+from frelon.train import checkpoints
+from frelon.train.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum
+from frelon.train.history import History, peak_memory_mb
+from frelon.train.optim import build_optimizer
+from frelon.train.preemption import Preempted, Preemption
+from frelon.train.samplers import ResumableSampler
+from frelon.train.schedules import build_scheduler
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def move(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    """Put a batch (tensors in tuples, lists, dicts) on the device; images in channels-last if asked."""
+    if isinstance(batch, torch.Tensor):
+        fmt = torch.channels_last if channels_last and batch.ndim == 4 else torch.preserve_format
+        return batch.to(device, non_blocking=True, memory_format=fmt)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: move(v, device, channels_last) for k, v in batch.items()}
+    return batch
+
+
+def state_dir(spec: dict) -> Path:
+    return Path(spec["output"]) / "state"
+
+
+def _wrap(model: nn.Module, cfg: dict, world: World) -> nn.Module:
+    """DDP (with SyncBatchNorm if asked) and torch.compile around the bare model."""
+    net = model
+    if cfg.get("sync_bn"):
+        if world.device.type != "cuda":
+            raise FrelonError("train.sync_bn needs GPUs (SyncBatchNorm is GPU-only); set it to false on CPU")
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if world.world_size > 1:
+        net = DistributedDataParallel(net, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    if cfg.get("compile"):
+        net = torch.compile(net)
+    return net
+
+
+def fit(task: Task, spec: dict, world: World) -> dict:
+    """Train the spec's model to the end, resuming from saved state if there is some; returns the history."""
+    cfg = spec["train"]
+    out, state_path = Path(spec["output"]), state_dir(spec) / "last.pt"
+    torch.manual_seed(spec["seed"])
+    model = task.build_model(pretrained=True)
+    if cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    model.to(world.device)
+
+    train_set = task.dataset("train", train=True)
+    sampler = ResumableSampler(DistributedSampler(train_set, num_replicas=world.world_size, rank=world.rank,
+                                                  shuffle=True, seed=spec["seed"]), cfg["batch_size"])
+    workers = cfg.get("workers", 0)
+    loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=task.collate,
+                        num_workers=workers, pin_memory=world.device.type == "cuda",
+                        persistent_workers=False)
+    accumulate = cfg.get("accumulate", 1)
+    batches_per_epoch = sampler.batches_per_epoch
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg["lr_schedule"], steps_per_epoch, cfg["epochs"] * steps_per_epoch)
+    precision = cfg.get("precision", "fp32")
+    scaler = torch.amp.GradScaler(world.device.type, enabled=precision == "fp16")
+
+    saved = checkpoints.load(state_path, spec)
+    epoch, batch_in_epoch, step = 0, 0, 0
+    history = History(out, world.is_main, cfg.get("log_every", 1))
+    sums: dict[str, torch.Tensor] = {}
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        epoch, batch_in_epoch, step = saved["epoch"], saved["batch_in_epoch"], saved["step"]
+        sums = {k: v.to(world.device) for k, v in saved["sums"].items()}
+        history.restore(saved["history"], step)
+        checkpoints.set_rng_state(saved["rng"][world.rank])
+        if world.is_main:
+            print(f"resumed from {state_path}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}", flush=True)
+    else:
+        torch.manual_seed(spec["seed"] + 1 + world.rank)
+    net = _wrap(model, cfg, world)
+
+    def save_state() -> None:
+        rng = all_gather_objects(checkpoints.rng_state())
+        if world.is_main:
+            checkpoints.save(state_path, {
+                "spec": spec, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch, "step": step, "rng": rng,
+                "sums": {k: v.cpu() for k, v in sums.items()}, "history": history.state(),
+            })
+
+    checkpoint_every = cfg.get("checkpoint_every", 0)
+    preemption = Preemption()
+    autocast = torch.autocast(world.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
+    nonfinite = torch.zeros((), device=world.device)
+    try:
+        while epoch < cfg["epochs"]:
+            sampler.set_epoch(epoch, skip_batches=batch_in_epoch)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            net.train()
+            if batch_in_epoch == 0:
+                sums = {}
+            epoch_start = tick = time.perf_counter()
+            for batch in loader:
+                data_time = time.perf_counter() - tick
+                batch = move(batch, world.device, cfg.get("channels_last", False))
+                batch_in_epoch += 1
+                boundary = batch_in_epoch % accumulate == 0 or batch_in_epoch == batches_per_epoch
+                sync = contextlib.nullcontext() if boundary or world.world_size == 1 else net.no_sync()
+                with sync:
+                    with autocast:
+                        loss, stats = task.loss(net, batch)
+                    scaler.scale(loss / accumulate).backward()
+                loss = loss.detach()
+                nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss)).float())
+                stats = {"loss": loss.float() * stats["samples"], **stats}
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0) + value.detach().to(world.device, torch.float64)
+                if not boundary:
+                    tick = time.perf_counter()
+                    continue
+                if cfg.get("grad_clip"):
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+                lr = optimizer.param_groups[0]["lr"]
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                save_now = bool(checkpoint_every) and step % checkpoint_every == 0
+                if history.due(step) or save_now or batch_in_epoch == batches_per_epoch:
+                    flags = all_reduce_max(torch.stack([nonfinite, torch.tensor(float(preemption.requested),
+                                                                                 device=world.device)]))
+                    if flags[0] > 0:
+                        raise FrelonError(
+                            f"the loss became NaN or infinite by iteration {step} (epoch {epoch + 1}); "
+                            f"last good checkpoint: {state_path if state_path.exists() else 'none'}. "
+                            f"Lower the learning rate, set train.grad_clip, or use bf16 instead of fp16."
+                        )
+                    if flags[1] > 0:
+                        save_state()
+                        raise Preempted(f"stopped on request at iteration {step}; state saved to {state_path}")
+                    history.iteration(step, epoch, loss.item(), lr, data_time, time.perf_counter() - tick,
+                                      cfg["batch_size"] * accumulate * world.world_size)
+                if save_now:
+                    save_state()
+                tick = time.perf_counter()
+            keys = list(sums)
+            totals = dict(zip(keys, all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist()))
+            seconds = time.perf_counter() - epoch_start
+            val = task.evaluate(model, "val", world)
+            history.epoch({
+                "epoch": epoch + 1, "step": step, "lr": lr,
+                "train_loss": totals["loss"] / totals["samples"],
+                **{f"train_{k}": v / totals["samples"] for k, v in totals.items() if k not in ("loss", "samples")},
+                **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
+                "epoch_seconds": seconds, "images_per_second": totals["samples"] / seconds,
+                "peak_memory_mb": peak_memory_mb(world.device),
+            })
+            epoch, batch_in_epoch = epoch + 1, 0
+            if epoch < cfg["epochs"]:
+                save_state()
+    finally:
+        preemption.restore()
+        history.close()
+    if world.is_main:
+        torch_save({"model": model.state_dict(), "spec": spec, "epochs": cfg["epochs"],
+                    "train_seconds": history.train_seconds()}, out / "model.pt")
+        shutil.rmtree(state_dir(spec), ignore_errors=True)  # resumable state is for unfinished runs only
+    return history.epochs

@@ -1,0 +1,27 @@
+"""Optimizers from the config: SGD (momentum, Nesterov) or AdamW, no weight decay on norms and biases."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from frelon.errors import FrelonError
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay the weights of convolutions and linear layers; leave norm parameters and biases alone."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg["weight_decay"])
+    name = cfg.get("optimizer", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg.get("nesterov", False))
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))))
+    raise FrelonError(f"train.optimizer {name!r} is unknown: choose sgd or adamw")

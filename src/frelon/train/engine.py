@@ -97,9 +97,10 @@ def fit(task: Task, spec: dict, world: World) -> dict:
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         epoch, batch_in_epoch, step = saved["epoch"], saved["batch_in_epoch"], saved["step"]
-        sums = {k: v.to(world.device) for k, v in saved["sums"].items()}
+        mine = saved["ranks"][world.rank]
+        sums = {k: v.to(world.device) for k, v in mine["sums"].items()}
+        checkpoints.set_rng_state(mine["rng"])
         history.restore(saved["history"], step)
-        checkpoints.set_rng_state(saved["rng"][world.rank])
         if world.is_main:
             print(f"resumed from {state_path}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}", flush=True)
     else:
@@ -107,13 +108,12 @@ def fit(task: Task, spec: dict, world: World) -> dict:
     net = _wrap(model, cfg, world)
 
     def save_state() -> None:
-        rng = all_gather_objects(checkpoints.rng_state())
+        ranks = all_gather_objects({"rng": checkpoints.rng_state(), "sums": {k: v.cpu() for k, v in sums.items()}})
         if world.is_main:
             checkpoints.save(state_path, {
                 "spec": spec, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "step": step, "rng": rng,
-                "sums": {k: v.cpu() for k, v in sums.items()}, "history": history.state(),
+                "batch_in_epoch": batch_in_epoch, "step": step, "ranks": ranks, "history": history.state(),
             })
 
     checkpoint_every = cfg.get("checkpoint_every", 0)
@@ -150,7 +150,7 @@ def fit(task: Task, spec: dict, world: World) -> dict:
                 if cfg.get("grad_clip"):
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                lr = optimizer.param_groups[0]["lr"]
+                lr = optimizer.param_groups[0]["lr"]  # what this step uses
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -179,7 +179,7 @@ def fit(task: Task, spec: dict, world: World) -> dict:
             seconds = time.perf_counter() - epoch_start
             val = task.evaluate(model, "val", world)
             history.epoch({
-                "epoch": epoch + 1, "step": step, "lr": lr,
+                "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1),
                 "train_loss": totals["loss"] / totals["samples"],
                 **{f"train_{k}": v / totals["samples"] for k, v in totals.items() if k not in ("loss", "samples")},
                 **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import signal
 import sys
 
 import torch
@@ -28,6 +30,14 @@ def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) ->
                          "train_seconds": state["train_seconds"], **result})
 
 
+def _stop_with_parent() -> None:
+    """Ask Linux to send SIGTERM if torchrun dies (it starts ranks in their own sessions), so no rank
+    trains on as an orphan: the signal takes the usual save-and-exit path."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="frelon.train.worker")
     parser.add_argument("mode", choices=["train", "evaluate"])
@@ -35,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    _stop_with_parent()
     with open(args.spec) as f:
         spec = json.load(f)
     world = distributed.init(spec["device"])

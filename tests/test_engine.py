@@ -1,0 +1,90 @@
+"""The training engine in one process: outputs, accumulation, NaN detection, refused state."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from engine_fixtures import make_spec, prepared_hornet
+from frelon.errors import FrelonError
+from frelon.tasks.classification import ClassificationTask
+from frelon.train import checkpoints, engine
+from frelon.train.distributed import World
+
+CPU = World(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared_hornet(tmp_path_factory.mktemp("hornet"))
+
+
+def test_a_run_writes_history_iterations_tensorboard_lr_plot_and_model(data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=2, world_size=1, batch_size=8)
+    epochs = engine.fit(ClassificationTask(spec), spec, CPU)
+    history = pd.read_csv(tmp_path / "history.csv")
+    iterations = pd.read_csv(tmp_path / "iterations.csv")
+    assert list(history.epoch) == [1, 2] and history.equals(pd.DataFrame(epochs))
+    for column in ("train_loss", "train_accuracy", "val_accuracy", "images_per_second", "peak_memory_mb"):
+        assert (history[column] > 0).all(), column
+    steps_per_epoch = math.ceil(29 / 8)  # 29 training images
+    assert list(iterations.step) == list(range(1, 2 * steps_per_epoch + 1))
+    assert iterations.lr.iloc[0] == pytest.approx(spec["train"]["lr"] * 0.1)  # warmup start factor
+    assert {"data_seconds", "compute_seconds", "images_per_second"} <= set(iterations.columns)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "lr.png").stat().st_size > 0
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert state["spec"] == spec and not (tmp_path / "state").exists()
+
+
+def test_accumulation_counts_optimizer_steps_and_the_effective_batch(data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=4, accumulate=3)
+    engine.fit(ClassificationTask(spec), spec, CPU)
+    iterations = pd.read_csv(tmp_path / "iterations.csv")
+    assert len(iterations) == math.ceil(math.ceil(29 / 4) / 3)
+
+
+def test_weight_decay_spares_norm_parameters_and_biases():
+    from frelon.models.resnet import ResNet
+    from frelon.train.optim import param_groups
+
+    decay, no_decay = param_groups(ResNet("resnet18"), 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decay["params"])
+    assert all(p.ndim == 1 for p in no_decay["params"])
+
+
+class ExplodingTask(ClassificationTask):
+    """Classification whose loss turns NaN from the fourth batch on."""
+
+    calls = 0
+
+    def loss(self, model, batch):
+        loss, stats = super().loss(model, batch)
+        self.calls += 1
+        return (loss * float("nan") if self.calls > 3 else loss), stats
+
+
+def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_checkpoint(data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=3, world_size=1, batch_size=8, checkpoint_every=2, log_every=1)
+    with pytest.raises(FrelonError, match=r"NaN or infinite by iteration 4 .*last good checkpoint: .*state/last.pt"):
+        engine.fit(ExplodingTask(spec), spec, CPU)
+    saved = torch.load(tmp_path / "state" / "last.pt", weights_only=True)
+    assert saved["step"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_state_from_another_spec_is_refused_with_what_changed(tmp_path):
+    spec = {"seed": 0, "output": "a", "train": {"epochs": 2, "lr": 0.1}}
+    checkpoints.save(tmp_path / "last.pt", {"spec": spec})
+    other = {"seed": 0, "output": "b", "train": {"epochs": 3, "lr": 0.1}}
+    with pytest.raises(FrelonError, match=r"another spec \(train.epochs: 2 -> 3\).*delete"):
+        checkpoints.load(tmp_path / "last.pt", other)
+    assert checkpoints.load(tmp_path / "last.pt", {**spec, "output": "moved"})["spec"] == spec
+
+
+def test_sync_batchnorm_on_cpu_asks_for_gpus(data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=1, world_size=1, sync_bn=True)
+    with pytest.raises(FrelonError, match="sync_bn needs GPUs"):
+        engine.fit(ClassificationTask(spec), spec, CPU)

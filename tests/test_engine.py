@@ -88,3 +88,23 @@ def test_sync_batchnorm_on_cpu_asks_for_gpus(data, tmp_path):
     spec = make_spec(data, tmp_path, epochs=1, world_size=1, sync_bn=True)
     with pytest.raises(FrelonError, match="sync_bn needs GPUs"):
         engine.fit(ClassificationTask(spec), spec, CPU)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_train_with_finite_losses(precision, data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=8, precision=precision,
+                     channels_last=True, grad_clip=1.0, optimizer="adamw")
+    epochs = engine.fit(ClassificationTask(spec), spec, CPU)
+    assert math.isfinite(epochs[0]["train_loss"])
+    iterations = pd.read_csv(tmp_path / "iterations.csv")
+    assert iterations.loss.map(math.isfinite).all()
+
+
+def test_loader_workers_give_the_same_result_as_the_main_process(data, tmp_path):
+    results = []
+    for workers in (0, 2):
+        spec = make_spec(data, tmp_path / f"w{workers}", epochs=1, world_size=1, batch_size=8, workers=workers)
+        engine.fit(ClassificationTask(spec), spec, CPU)
+        results.append(torch.load(tmp_path / f"w{workers}" / "model.pt", weights_only=True)["model"])
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=0, atol=0, msg=key)

@@ -105,3 +105,14 @@ def test_a_weights_hash_mismatch_stops_before_training_and_leaves_no_file(tmp_pa
     assert "SHA-256 mismatch: expected f37072fd" in log
     assert not (work / "data" / "weights").exists() or not list((work / "data" / "weights").iterdir())
     assert not list((work / "results" / "runs").glob("*/*/model.pt"))
+
+
+def test_demo_scaling_study_covers_world_sizes_lr_rules_and_warmup(demo_run):
+    table = pd.read_csv(demo_run / "results" / "tables" / "scaling.csv").set_index("experiment")
+    assert sorted(table.world_size.unique()) == [1, 2]
+    two = table[table.world_size == 2]
+    assert set(zip(two.lr_scaling, two.warmup_epochs > 0)) == {("none", False), ("none", True),
+                                                                ("linear", False), ("linear", True)}
+    assert (two[two.lr_scaling == "linear"].lr == 2 * table.loc["w1-nowarmup", "lr"]).all()
+    assert (table.efficiency == (table.speedup / table.world_size).round(3)).all()
+    assert table.speedup.notna().all() and (table.epoch_seconds > 0).all()

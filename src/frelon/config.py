@@ -44,8 +44,8 @@ def validate(config: dict, schema_path: str | os.PathLike) -> dict:
 def _check_references(config: dict) -> None:
     """Names used in studies must exist: datasets and weights entries."""
     datasets, weights = config["datasets"], config.get("weights", {})
-    runs = [(f"studies.{s}", study["dataset"], exp) for s, study in config["studies"].items()
-            for exp in study["experiments"].values()]
+    runs = [(f"studies.{s}", study["dataset"], part) for s, study in config["studies"].items()
+            for part in [study, *study["experiments"].values()]]
     if "demo" in config:
         runs.append(("demo.pretrain", config["demo"]["pretrain"]["dataset"], config["demo"]["pretrain"]))
     for where, dataset, experiment in runs:

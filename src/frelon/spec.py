@@ -38,25 +38,26 @@ def all_runs(config: dict, only_study: str | None = None) -> list[str]:
             if only_study in (None, s)]
 
 
-def _locate(config: dict, run: str) -> tuple[str, str, dict]:
-    """(experiment name, dataset, experiment overrides) of a run folder."""
+def _locate(config: dict, run: str) -> tuple[str, str, dict, dict]:
+    """(experiment name, dataset, study-wide overrides, experiment overrides) of a run folder."""
     if run == PRETRAIN_RUN and "demo" in config:
         pretrain = config["demo"]["pretrain"]
-        return "pretrain/demo", pretrain["dataset"], pretrain
+        return "pretrain/demo", pretrain["dataset"], {}, pretrain
     parts = os.path.relpath(run, RUNS_DIR).split(os.sep)
     studies = config["studies"]
     if len(parts) != 2 or parts[0] not in studies or parts[1] not in studies[parts[0]]["experiments"]:
         raise FrelonError(f"{run} is not a run of this config: expected {RUNS_DIR}/<study>/<experiment>")
     study, name = parts
-    return f"{study}/{name}", studies[study]["dataset"], studies[study]["experiments"][name]
+    shared = {key: studies[study][key] for key in ("model", "train") if key in studies[study]}
+    return f"{study}/{name}", studies[study]["dataset"], shared, studies[study]["experiments"][name]
 
 
 def resolve(config: dict, run: str) -> dict:
     """The spec of the run in folder `run`."""
-    experiment, dataset_name, overrides = _locate(config, run)
+    experiment, dataset_name, shared, overrides = _locate(config, run)
     dataset = config["datasets"][dataset_name]
-    train = _merge(config["train"], overrides.get("train", {}))
-    model = _merge({"arch": "resnet18", "weights": None}, overrides.get("model", {}))
+    train = _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {}))
+    model = _merge(_merge({"arch": "resnet18", "weights": None}, shared.get("model", {})), overrides.get("model", {}))
     global_batch = train["batch_size"] * train["world_size"] * train["accumulate"]
     train["global_batch"] = global_batch
     train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])

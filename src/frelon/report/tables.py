@@ -11,11 +11,14 @@ import pandas as pd
 from frelon.atomic import write_json, write_text
 
 METRIC_COLUMNS = ["test_accuracy", "test_balanced_accuracy"]
+# What sets the work of an epoch: runs alike in these differ only in how many processes share it.
+WORK_COLUMNS = ["arch", "init", "batch_size"]
 
 
 def _row(metrics_path: Path) -> dict:
     metrics = json.loads(metrics_path.read_text())
     spec = json.loads((metrics_path.parent / "spec.json").read_text())
+    history = pd.read_csv(metrics_path.parent / "history.csv")
     train = spec["train"]
     return {
         "experiment": spec["experiment"].split("/", 1)[1],
@@ -23,18 +26,37 @@ def _row(metrics_path: Path) -> dict:
         "init": spec["model"]["weights"] or "random",
         "epochs": train["epochs"],
         "world_size": train["world_size"],
+        "batch_size": train["batch_size"],
         "global_batch": train["global_batch"],
+        "lr_scaling": train["lr_scaling"],
         "lr": train["lr"],
+        "warmup_epochs": train["lr_schedule"].get("warmup_epochs", 0),
         "n_test": metrics["n"],
         "test_accuracy": round(metrics["accuracy"], 4),
         "test_balanced_accuracy": round(metrics["balanced_accuracy"], 4),
+        "epoch_seconds": round(float(history.epoch_seconds.median()), 2),
+        "images_per_second": round(float(history.images_per_second.median()), 1),
         "train_seconds": round(metrics["train_seconds"], 1),
     }
 
 
+def add_scaling(table: pd.DataFrame) -> pd.DataFrame:
+    """Speed-up (time per epoch on one process / time per epoch) and efficiency (speed-up / world
+    size), against the world-size-1 runs of the same work; columns only where such runs exist."""
+    single = table[table.world_size == 1]
+    if single.empty:
+        return table
+    baseline = single.groupby(WORK_COLUMNS).epoch_seconds.median()
+    base = baseline.reindex(pd.MultiIndex.from_frame(table[WORK_COLUMNS])).to_numpy()
+    table = table.copy()
+    table["speedup"] = (base / table.epoch_seconds).round(3)
+    table["efficiency"] = (table.speedup / table.world_size).round(3)
+    return table
+
+
 def study_table(metrics_files: list[str | os.PathLike]) -> pd.DataFrame:
-    """One row per run, from each run's metrics.json and the spec.json beside it."""
-    return pd.DataFrame([_row(Path(p)) for p in metrics_files])
+    """One row per run, from each run's metrics.json and the spec.json and history.csv beside it."""
+    return add_scaling(pd.DataFrame([_row(Path(p)) for p in metrics_files]))
 
 
 def write_table(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike) -> None:

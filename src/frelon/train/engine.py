@@ -62,8 +62,8 @@ def _wrap(model: nn.Module, cfg: dict, world: World) -> nn.Module:
     return net
 
 
-def fit(task: Task, spec: dict, world: World) -> dict:
-    """Train the spec's model to the end, resuming from saved state if there is some; returns the history."""
+def fit(task: Task, spec: dict, world: World) -> list[dict]:
+    """Train the spec's model to the end, resuming from saved state if any; returns the per-epoch rows."""
     cfg = spec["train"]
     out, state_path = Path(spec["output"]), state_dir(spec) / "last.pt"
     torch.manual_seed(spec["seed"])

@@ -52,3 +52,11 @@ def test_a_user_folder_without_class_subfolders_is_refused_at_load(demo, tmp_pat
     config["datasets"] = {"hornet": {**config["datasets"]["hornet"], "source": str(tmp_path / "mine")}}
     with pytest.raises(FrelonError, match="datasets.hornet.source: .*no presence/ subfolder"):
         check_sources(config, pipeline_dir=tmp_path / "data")
+
+
+def test_head_only_without_pretrained_weights_is_refused(demo):
+    from frelon.spec import resolve
+
+    demo["studies"]["finetune"]["experiments"]["random"]["model"]["head_only"] = True
+    with pytest.raises(FrelonError, match="finetune/random: model.head_only .* set model.weights"):
+        resolve(validate(demo, SCHEMA), "results/runs/finetune/random")

@@ -23,8 +23,9 @@ def test_the_dag_is_shown_without_running_anything(tmp_path):
 
 def test_demo_produces_the_finetune_table_from_real_training(demo_run):
     table = pd.read_csv(demo_run / "results" / "tables" / "finetune.csv").set_index("experiment")
-    assert list(table.index) == ["pretrained", "random"]
-    assert list(table.init) == ["resnet18", "random"]
+    assert list(table.index) == ["pretrained", "pretrained-head", "random"]
+    assert list(table.init) == ["resnet18", "resnet18", "random"]
+    assert list(table.trained) == ["all", "head", "all"]
     counts = json.loads((demo_run / "data" / "prepared" / "hornet" / "report.json").read_text())["counts"]
     n_test = sum(counts["test"].values())
     majority = max(counts["test"].values()) / n_test

@@ -10,6 +10,8 @@ from frelon.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 from frelon.train.schedules import scaled_lr
 
 RUNS_DIR = "results/runs"
+MODEL_DEFAULTS = {"arch": "resnet18", "weights": None, "norm": "batch", "residual": True,
+                  "zero_init_residual": False, "head_only": False}
 PRETRAIN_RUN = "data/demo/pretrain"
 
 
@@ -57,7 +59,10 @@ def resolve(config: dict, run: str) -> dict:
     experiment, dataset_name, shared, overrides = _locate(config, run)
     dataset = config["datasets"][dataset_name]
     train = _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {}))
-    model = _merge(_merge({"arch": "resnet18", "weights": None}, shared.get("model", {})), overrides.get("model", {}))
+    model = _merge(_merge(MODEL_DEFAULTS, shared.get("model", {})), overrides.get("model", {}))
+    if model["head_only"] and not model["weights"]:
+        raise FrelonError(f"{experiment}: model.head_only trains a new head on a pretrained backbone; "
+                          f"set model.weights to a weights entry, or head_only: false")
     global_batch = train["batch_size"] * train["world_size"] * train["accumulate"]
     train["global_batch"] = global_batch
     train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])
@@ -76,9 +81,8 @@ def resolve(config: dict, run: str) -> dict:
             "std": list(IMAGENET_STD),
         },
         "model": {
-            "arch": model["arch"],
+            **model,
             "num_classes": len(dataset["classes"]),
-            "weights": model["weights"],
             "weights_path": weights_path(model["weights"]) if model["weights"] else None,
         },
         "train": train,

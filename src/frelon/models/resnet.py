@@ -1,11 +1,17 @@
-"""ResNet from the course's two residual blocks, with torchvision's parameter names.
+"""The ResNet family from the course's two residual blocks, with torchvision's parameter names.
 
 ResBlock A keeps resolution and channels (identity shortcut); ResBlock B halves the resolution
 and doubles the channels (stride-2 convolution, 1x1 projection shortcut). Parameter names
-match torchvision's `resnet18`, so its ImageNet `state_dict` loads unchanged.
+match torchvision's `resnet18`/`resnet34`, so their ImageNet `state_dict`s load unchanged.
+
+The course's ingredients are options: the normalisation layer (batch, group, layer, instance
+or none), residual connections (off: a "plain" network of the same depth), and zero-initialised
+last normalisation in each block (each block starts as the identity).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -15,6 +21,20 @@ from frelon.errors import FrelonError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+GROUPS = 32  # group norm: channels per layer are split into this many groups
+
+
+def _batch(channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels, momentum=0.1)  # running <- 0.9 running + 0.1 batch (the course)
+
+
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "batch": _batch,
+    "group": lambda c: nn.GroupNorm(min(GROUPS, c), c),
+    "layer": lambda c: nn.GroupNorm(1, c),  # over (C, H, W) of each sample
+    "instance": lambda c: nn.GroupNorm(c, c),  # over (H, W) of each channel, with a learnt affine
+    "none": lambda c: nn.Identity(),
+}
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -22,15 +42,16 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ResBlockA(nn.Module):
-    """conv-BN-ReLU-conv-BN plus the input itself, then ReLU: same channels, same resolution."""
+    """conv-norm-ReLU-conv-norm plus the input itself, then ReLU: same channels, same resolution."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: str = "batch", residual: bool = True):
         super().__init__()
+        self.residual = residual
         self.conv1 = _conv3x3(channels, channels)
-        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn1 = NORMS[norm](channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(channels, channels)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.bn2 = NORMS[norm](channels)
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -38,18 +59,17 @@ class ResBlockA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(out + self.shortcut(x) if self.residual else out)
 
 
 class ResBlockB(ResBlockA):
     """ResBlock A with stride 2 and doubled channels; the shortcut is a 1x1 stride-2 projection."""
 
-    def __init__(self, cin: int):
-        super().__init__(2 * cin)
+    def __init__(self, cin: int, norm: str = "batch", residual: bool = True):
+        super().__init__(2 * cin, norm, residual)
         self.conv1 = _conv3x3(cin, 2 * cin, stride=2)
-        self.downsample = nn.Sequential(
-            nn.Conv2d(cin, 2 * cin, 1, stride=2, bias=False), nn.BatchNorm2d(2 * cin)
-        )
+        if residual:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, 2 * cin, 1, stride=2, bias=False), NORMS[norm](2 * cin))
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return self.downsample(x)
@@ -58,31 +78,61 @@ class ResBlockB(ResBlockA):
 class ResNet(nn.Module):
     """Stem (7x7 conv, max-pool), four stages of blocks, global pooling and a linear head."""
 
-    def __init__(self, arch: str = "resnet18", num_classes: int = 1000):
+    def __init__(self, arch: str = "resnet18", num_classes: int = 1000, norm: str = "batch",
+                 residual: bool = True, zero_init_residual: bool = False):
         super().__init__()
-        self.arch = arch
         if arch not in STAGES:
             raise FrelonError(f"unknown model arch {arch!r}: choose one of {', '.join(STAGES)}")
+        if norm not in NORMS:
+            raise FrelonError(f"unknown model norm {norm!r}: choose one of {', '.join(NORMS)}")
+        self.arch, self.norm, self.residual = arch, norm, residual
+        self.frozen_backbone = False
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = NORMS[norm](64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         widths = (64, 128, 256, 512)
         for i, (width, depth) in enumerate(zip(widths, STAGES[arch]), start=1):
-            first = ResBlockA(width) if i == 1 else ResBlockB(width // 2)
-            blocks = [first] + [ResBlockA(width) for _ in range(depth - 1)]
+            first = ResBlockA(width, norm, residual) if i == 1 else ResBlockB(width // 2, norm, residual)
+            blocks = [first] + [ResBlockA(width, norm, residual) for _ in range(depth - 1)]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for block in self.blocks():
+                if hasattr(block.bn2, "weight"):
+                    nn.init.zeros_(block.bn2.weight)
+
+    def blocks(self) -> list[ResBlockA]:
+        """The residual blocks, input to output."""
+        return [block for i in range(1, 5) for block in getattr(self, f"layer{i}")]
+
+    def backbone(self) -> list[nn.Module]:
+        """Every module but the head."""
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def freeze_backbone(self) -> None:
+        """Train the head only: backbone weights get no gradient, its batch-norm statistics stay put."""
+        self.frozen_backbone = True
+        for module in self.backbone():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ResNet":
+        super().train(mode)
+        if self.frozen_backbone:
+            for module in self.backbone():
+                module.eval()
+        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone: a (N, 512, H/32, W/32) feature map."""
@@ -94,4 +144,3 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-

@@ -15,6 +15,12 @@ from frelon.models.resnet import ResNet
 
 def load_pretrained(model: ResNet, weights_path: str | os.PathLike) -> ResNet:
     """Load a torchvision-format ResNet `state_dict` into the backbone; the task's head stays new."""
+    if model.norm != "batch" or not model.residual:
+        raise FrelonError(
+            f"weights {weights_path} come from a residual network with batch norm; they do not fit "
+            f"model.norm={model.norm}, model.residual={str(model.residual).lower()}. Train these variants "
+            f"from scratch (model.weights: null) or use norm: batch, residual: true"
+        )
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = model.load_state_dict(backbone, strict=False)

@@ -24,6 +24,7 @@ def _row(metrics_path: Path) -> dict:
         "experiment": spec["experiment"].split("/", 1)[1],
         "arch": spec["model"]["arch"],
         "init": spec["model"]["weights"] or "random",
+        "trained": "head" if spec["model"]["head_only"] else "all",
         "epochs": train["epochs"],
         "world_size": train["world_size"],
         "batch_size": train["batch_size"],

@@ -23,9 +23,12 @@ class ClassificationTask:
         self.loss_fn = nn.CrossEntropyLoss()
 
     def build_model(self, pretrained: bool) -> nn.Module:
-        model = ResNet(self.spec["model"]["arch"], num_classes=self.num_classes)
-        if pretrained and self.spec["model"]["weights_path"]:
-            load_pretrained(model, self.spec["model"]["weights_path"])
+        m = self.spec["model"]
+        model = ResNet(m["arch"], self.num_classes, m["norm"], m["residual"], m["zero_init_residual"])
+        if pretrained and m["weights_path"]:
+            load_pretrained(model, m["weights_path"])
+        if m["head_only"]:
+            model.freeze_backbone()
         return model
 
     def dataset(self, split: str, train: bool = False) -> CachedSplit:

@@ -62,6 +62,41 @@ def _wrap(model: nn.Module, cfg: dict, world: World) -> nn.Module:
     return net
 
 
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler, grad_clip) -> float:
+    """Clip (if asked), step the optimizer through the grad scaler, advance the schedule; returns the lr used."""
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return lr
+
+
+def _agree_to_stop(nonfinite: torch.Tensor, preemption: Preemption, world: World, step: int, epoch: int,
+                   state_path: Path) -> bool:
+    """All ranks learn whether any saw a non-finite loss (an error) or was asked to stop (True)."""
+    requested = torch.tensor(float(preemption.requested), device=world.device)
+    flags = all_reduce_max(torch.stack([nonfinite, requested]))
+    if flags[0] > 0:
+        raise FrelonError(
+            f"the loss became NaN or infinite by iteration {step} (epoch {epoch + 1}); "
+            f"last good checkpoint: {state_path if state_path.exists() else 'none'}. "
+            f"Lower the learning rate, set train.grad_clip, or use bf16 instead of fp16."
+        )
+    return bool(flags[1] > 0)
+
+
+def _epoch_means(sums: dict[str, torch.Tensor]) -> tuple[dict[str, float], float]:
+    """Per-sample means of the task's sums over every rank (`train_<name>`), and the sample count."""
+    keys = list(sums)
+    totals = dict(zip(keys, all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist()))
+    samples = totals.pop("samples")
+    return {f"train_{k}": v / samples for k, v in totals.items()}, samples
+
+
 def fit(task: Task, spec: dict, world: World) -> list[dict]:
     """Train the spec's model to the end, resuming from saved state if any; returns the per-epoch rows."""
     cfg = spec["train"]
@@ -92,10 +127,8 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
     history = History(out, world.is_main, cfg.get("log_every", 1))
     sums: dict[str, torch.Tensor] = {}
     if saved:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        for name, part in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            part.load_state_dict(saved[name])
         epoch, batch_in_epoch, step = saved["epoch"], saved["batch_in_epoch"], saved["step"]
         mine = saved["ranks"][world.rank]
         sums = {k: v.to(world.device) for k, v in mine["sums"].items()}
@@ -147,26 +180,11 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                 if not boundary:
                     tick = time.perf_counter()
                     continue
-                if cfg.get("grad_clip"):
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                lr = optimizer.param_groups[0]["lr"]  # what this step uses
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                lr = _optimizer_step(model, optimizer, scheduler, scaler, cfg.get("grad_clip"))
                 step += 1
                 save_now = bool(checkpoint_every) and step % checkpoint_every == 0
                 if history.due(step) or save_now or batch_in_epoch == batches_per_epoch:
-                    flags = all_reduce_max(torch.stack([nonfinite, torch.tensor(float(preemption.requested),
-                                                                                 device=world.device)]))
-                    if flags[0] > 0:
-                        raise FrelonError(
-                            f"the loss became NaN or infinite by iteration {step} (epoch {epoch + 1}); "
-                            f"last good checkpoint: {state_path if state_path.exists() else 'none'}. "
-                            f"Lower the learning rate, set train.grad_clip, or use bf16 instead of fp16."
-                        )
-                    if flags[1] > 0:
+                    if _agree_to_stop(nonfinite, preemption, world, step, epoch, state_path):
                         save_state()
                         raise Preempted(f"stopped on request at iteration {step}; state saved to {state_path}")
                     history.iteration(step, epoch, loss.item(), lr, data_time, time.perf_counter() - tick,
@@ -174,16 +192,12 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                 if save_now:
                     save_state()
                 tick = time.perf_counter()
-            keys = list(sums)
-            totals = dict(zip(keys, all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist()))
             seconds = time.perf_counter() - epoch_start
-            val = task.evaluate(model, "val", world)
+            means, samples = _epoch_means(sums)
             history.epoch({
-                "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1),
-                "train_loss": totals["loss"] / totals["samples"],
-                **{f"train_{k}": v / totals["samples"] for k, v in totals.items() if k not in ("loss", "samples")},
-                **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
-                "epoch_seconds": seconds, "images_per_second": totals["samples"] / seconds,
+                "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1), **means,
+                **{f"val_{k}": v for k, v in task.evaluate(model, "val", world).items() if isinstance(v, float)},
+                "epoch_seconds": seconds, "images_per_second": samples / seconds,
                 "peak_memory_mb": peak_memory_mb(world.device),
             })
             epoch, batch_in_epoch = epoch + 1, 0

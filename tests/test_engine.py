@@ -118,3 +118,9 @@ def test_torch_compile_computes_what_eager_mode_computes(data, tmp_path):
         engine.fit(ClassificationTask(spec), spec, CPU)
         first_losses.append(pd.read_csv(tmp_path / str(compiled) / "iterations.csv").loss.iloc[0])
     assert first_losses[1] == pytest.approx(first_losses[0], rel=1e-4)  # same batch, same weights
+
+
+def test_rank_zero_shows_a_progress_bar(data, tmp_path, capsys):
+    spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=8)
+    engine.fit(ClassificationTask(spec), spec, CPU)
+    assert "epoch 1/1" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 from frelon.atomic import torch_save
 from frelon.errors import FrelonError
@@ -162,7 +164,10 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
             if batch_in_epoch == 0:
                 sums = {}
             epoch_start = tick = time.perf_counter()
-            for batch in loader:
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", total=batches_per_epoch,
+                       initial=batch_in_epoch, disable=not world.is_main, leave=False,
+                       mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line now and then
+            for batch in bar:
                 data_time = time.perf_counter() - tick
                 batch = move(batch, world.device, cfg.get("channels_last", False))
                 batch_in_epoch += 1
@@ -189,6 +194,7 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                         raise Preempted(f"stopped on request at iteration {step}; state saved to {state_path}")
                     history.iteration(step, epoch, loss.item(), lr, data_time, time.perf_counter() - tick,
                                       cfg["batch_size"] * accumulate * world.world_size)
+                    bar.set_postfix(loss=f"{history.iterations[-1]['loss']:.3f}", lr=f"{lr:.3g}", refresh=False)
                 if save_now:
                     save_state()
                 tick = time.perf_counter()

@@ -29,6 +29,12 @@ def run_world_size(wildcards):
     return run_spec(wildcards)["train"]["world_size"]
 
 
+def run_gpus(wildcards):
+    """GPUs a run takes: one per process, none when the config pins it to the CPU."""
+    spec = run_spec(wildcards)
+    return 0 if spec["device"] == "cpu" else spec["train"]["world_size"]
+
+
 def local_file(url):
     """The path behind a `file:` URL (so the DAG knows which rule makes it), else nothing."""
     parsed = urllib.parse.urlparse(url)

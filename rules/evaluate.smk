@@ -10,7 +10,7 @@ rule evaluate:
         "{run}/metrics.json",
     threads: run_world_size
     resources:
-        gpu=run_world_size,
+        gpu=run_gpus,
     log:
         "{run}/evaluate.log",
     shell:

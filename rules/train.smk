@@ -21,7 +21,7 @@ rule train:
         history="{run}/history.csv",
     threads: run_world_size
     resources:
-        gpu=run_world_size,
+        gpu=run_gpus,
     log:
         "{run}/train.log",
     shell:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -23,7 +22,6 @@ def prepared_hornet(root: Path, presence: int = 20, absence: int = 28, size: int
 def make_spec(data_dir: Path, out: Path, **train) -> dict:
     """The demo's finetune/random spec on `data_dir`, writing to `out`, with `train` overrides."""
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config = copy.deepcopy(config)
     spec = frelon_spec.resolve(config, "results/runs/finetune/random")
     spec["data"]["dir"] = str(data_dir)
     spec["output"] = str(out)

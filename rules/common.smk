@@ -41,5 +41,17 @@ def local_file(url):
     return [parsed.netloc + parsed.path] if parsed.scheme == "file" else []
 
 
+def weights_local_files(wildcards):
+    """The weights file and its checksum file when they are local (the demo's are made by a rule)."""
+    entry = config["weights"][wildcards.name]
+    return local_file(entry["url"]) + local_file(entry.get("sha256_url", ""))
+
+
+def weights_hash_option(wildcards):
+    """How `frelon fetch` learns the expected digest: given in the config, or in a checksum file."""
+    entry = config["weights"][wildcards.name]
+    return f"--sha256 {entry['sha256']}" if "sha256" in entry else f"--sha256-url {entry['sha256_url']}"
+
+
 def study_metrics(wildcards):
     return [f"{run}/metrics.json" for run in frelon_spec.all_runs(config, wildcards.study)]

@@ -39,17 +39,12 @@ if "demo" in config:
 
 rule fetch_weights:
     input:
-        lambda wc: local_file(config["weights"][wc.name]["url"])
-        + local_file(config["weights"][wc.name].get("sha256_url", "")),
+        weights_local_files,
     output:
         "data/weights/{name}.pth",
     params:
         url=lambda wc: config["weights"][wc.name]["url"],
-        hash=lambda wc: (
-            f"--sha256 {config['weights'][wc.name]['sha256']}"
-            if "sha256" in config["weights"][wc.name]
-            else f"--sha256-url {config['weights'][wc.name]['sha256_url']}"
-        ),
+        hash=weights_hash_option,
     log:
         "logs/fetch_weights/{name}.log",
     shell:

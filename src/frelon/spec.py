@@ -6,7 +6,7 @@ import copy
 import os
 
 from frelon.errors import FrelonError
-from frelon.models.resnet import IMAGENET_MEAN, IMAGENET_STD
+from frelon.models import IMAGENET_MEAN, IMAGENET_STD
 from frelon.train.schedules import scaled_lr
 
 RUNS_DIR = "results/runs"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageOps
 
 from frelon.atomic import write_json
@@ -79,6 +78,8 @@ def load_square(path: str | os.PathLike, size: int) -> np.ndarray:
 def prepare(source: str | os.PathLike, classes: list[str], val: float, test: float,
             image_size: int, seed: int, out_dir: str | os.PathLike) -> pd.DataFrame:
     """Scan, split and cache a folder dataset into `out_dir` (manifest.csv, {split}.pt, report.json)."""
+    import torch  # here, not at the top: the Snakefile imports `scan` to check folders at start-up
+
     source, out_dir = Path(source), Path(out_dir)
     manifest = stratified_split(scan(source, classes), val, test, seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,6 @@ from torch import nn
 
 from frelon.errors import FrelonError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 GROUPS = 32  # group norm: channels per layer are split into this many groups
 

@@ -12,7 +12,7 @@ import torch
 from frelon.atomic import torch_save
 from frelon.errors import FrelonError
 
-# Keys of the spec that do not change what is computed: where it is written, how often it logs.
+# Keys of the spec that do not change what is computed: where the run is written.
 NEUTRAL_KEYS = ("output",)
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from frelon.errors import FrelonError
+
+if TYPE_CHECKING:  # torch only where a scheduler is built: the Snakefile imports scaled_lr
+    import torch
 
 DECAYS = ("cosine", "step", "multistep", "poly", "constant")
 
@@ -55,5 +57,7 @@ def lr_factor(step: int, policy: dict, steps_per_epoch: int, total_steps: int) -
 def build_scheduler(optimizer: torch.optim.Optimizer, policy: dict, steps_per_epoch: int,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration scheduler following `lr_factor`."""
+    from torch.optim.lr_scheduler import LambdaLR
+
     factor = functools.partial(lr_factor, policy=policy, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return LambdaLR(optimizer, factor)

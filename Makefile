@@ -25,10 +25,12 @@ test: install
 # Benchmarks (not tests): speed and memory targets, measured on this machine.
 bench: install
 	python bench/engine_throughput.py
+	python bench/checkpointing.py
 
 # The GPU check, run on a machine with a GPU (one call, a few minutes).
 bench-gpu: install
 	python bench/engine_throughput.py --device cuda --precision bf16 --channels-last --images 4000 --size 128 --batch 128 --workers 4
+	python bench/checkpointing.py --device cuda --batch 64 --steps 20 --warmup 5
 
 clean:
 	rm -rf data results logs .snakemake

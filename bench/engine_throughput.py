@@ -38,6 +38,7 @@ def make_spec(data: Path, out: Path, args: argparse.Namespace) -> dict:
     from frelon import spec as frelon_spec
 
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["datasets"]["hornet"]["image_size"] = args.size  # the size `prepare_data` cached
     spec = frelon_spec.resolve(config, "results/runs/finetune/random")
     spec.update(output=str(out), device=args.device)
     spec["data"]["dir"] = str(data)

@@ -59,11 +59,13 @@ rule prepare_dataset:
     params:
         d=lambda wc: config["datasets"][wc.dataset],
         classes=lambda wc: ",".join(config["datasets"][wc.dataset]["classes"]),
+        resize=lambda wc: frelon_spec.preprocessing(config["datasets"][wc.dataset], {})["resize"],
     log:
         "logs/prepare/{dataset}.log",
     shell:
         "frelon prepare {input} {output} --classes {params.classes:q} --val {params.d[val]}"
-        " --test {params.d[test]} --size {params.d[image_size]} --seed {config[seed]} > {log} 2>&1"
+        " --test {params.d[test]} --size {params.d[image_size]} --resize {params.resize}"
+        " --seed {config[seed]} > {log} 2>&1"
 
 
 rule data:

@@ -21,3 +21,22 @@ rule evaluate:
 rule runs:
     input:
         [f"{run}/metrics.json" for run in frelon_spec.all_runs(config)],
+
+
+# Gradient checkpointing: memory against time for each model x input size x batch x policy. It takes
+# every core (and one GPU unless the config pins the CPU) so that its timings are not shared.
+rule checkpointing_study:
+    output:
+        csv="results/checkpointing/checkpointing.csv",
+        md="results/checkpointing/checkpointing.md",
+        figure="results/checkpointing/checkpointing.png",
+    params:
+        settings=config.get("checkpointing"),
+        device=config.get("device", "auto"),
+    threads: workflow.cores
+    resources:
+        gpu=0 if config.get("device") == "cpu" else 1,
+    log:
+        "logs/checkpointing.log",
+    script:
+        "../workflow/scripts/checkpointing_study.py"

@@ -28,3 +28,4 @@ rule report:
     input:
         expand("results/tables/{study}.{ext}", study=config["studies"], ext=["csv", "md"]),
         "results/metrics.json",
+        rules.checkpointing_study.output if "checkpointing" in config else [],

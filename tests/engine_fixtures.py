@@ -24,6 +24,8 @@ def make_spec(data_dir: Path, out: Path, **train) -> dict:
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     spec = frelon_spec.resolve(config, "results/runs/finetune/random")
     spec["data"]["dir"] = str(data_dir)
+    report = json.loads((data_dir / "report.json").read_text())
+    spec["data"]["preprocessing"].update(resize=report["resize"], crop=report["image_size"])
     spec["output"] = str(out)
     spec["train"].update(train)
     out.mkdir(parents=True, exist_ok=True)

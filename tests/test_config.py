@@ -60,3 +60,27 @@ def test_head_only_without_pretrained_weights_is_refused(demo):
     demo["studies"]["finetune"]["experiments"]["random"]["model"]["head_only"] = True
     with pytest.raises(FrelonError, match="finetune/random: model.head_only .* set model.weights"):
         resolve(validate(demo, SCHEMA), "results/runs/finetune/random")
+
+
+def test_the_spec_carries_the_weights_preprocessing_and_the_datasets_resize_and_crop(demo):
+    from frelon.spec import resolve
+
+    demo["weights"]["resnet18"].update(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
+    demo["datasets"]["hornet"]["resize"] = 72
+    config = validate(demo, SCHEMA)
+    pretrained = resolve(config, "results/runs/finetune/pretrained")["data"]["preprocessing"]
+    assert pretrained == {"resize": 72, "crop": 64, "mean": [0.5] * 3, "std": [0.2] * 3}
+    random = resolve(config, "results/runs/finetune/random")["data"]["preprocessing"]
+    assert random == {"resize": 72, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def test_every_run_of_the_ingredients_study_resolves_with_its_own_model(demo):
+    from frelon.spec import all_runs, resolve
+
+    specs = [resolve(validate(demo, SCHEMA), run) for run in all_runs(demo, "ingredients")]
+    models = {(s["model"]["arch"], s["model"]["norm"], s["model"]["residual"], s["train"]["lr"]) for s in specs}
+    assert len(models) == len(specs) >= 12
+    assert {s["model"]["norm"] for s in specs} == {"batch", "group", "layer", "instance", "none"}
+    assert {(s["model"]["arch"], s["model"]["residual"]) for s in specs} >= {
+        ("resnet18", True), ("resnet18", False), ("resnet34", True), ("resnet34", False)}
+    assert all(s["train"]["on_divergence"] == "stop" and s["model"]["weights"] is None for s in specs)

@@ -1,5 +1,6 @@
 """The training engine in one process: outputs, accumulation, NaN detection, refused state."""
 
+import json
 import math
 
 import pandas as pd
@@ -8,8 +9,9 @@ import torch
 
 from engine_fixtures import make_spec, prepared_hornet
 from frelon.errors import FrelonError
+from frelon.evaluate.memory import policy_label as memory_label
 from frelon.tasks.classification import ClassificationTask
-from frelon.train import checkpoints, engine
+from frelon.train import checkpoints, engine, worker
 from frelon.train.distributed import World
 
 CPU = World(0, 1, 0, torch.device("cpu"))
@@ -73,6 +75,40 @@ def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_checkpoint(d
     saved = torch.load(tmp_path / "state" / "last.pt", weights_only=True)
     assert saved["step"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_with_on_divergence_stop_a_nan_loss_ends_the_run_as_diverged_and_evaluation_scores_nothing(data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=3, world_size=1, batch_size=8, log_every=1, on_divergence="stop")
+    engine.fit(ExplodingTask(spec), spec, CPU)
+    final = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert final["diverged"] == {"step": 4, "epoch": 1}
+    assert final["preprocessing"] == spec["data"]["preprocessing"]
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert len(history) == 1 and history.step.tolist() == [4] and "val_accuracy" not in history
+    assert not (tmp_path / "state").exists()
+    worker.evaluate(spec, str(tmp_path / "model.pt"), str(tmp_path / "metrics.json"), CPU)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["diverged"] == {"step": 4, "epoch": 1} and metrics["accuracy"] is None
+
+
+def test_evaluation_refuses_a_checkpoint_trained_with_other_preprocessing(data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=8)
+    engine.fit(ClassificationTask(spec), spec, CPU)
+    spec["data"]["preprocessing"]["mean"] = [0.5, 0.5, 0.5]
+    with pytest.raises(FrelonError, match="trained with preprocessing .* retrain it"):
+        worker.evaluate(spec, str(tmp_path / "model.pt"), str(tmp_path / "metrics.json"), CPU)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_training_with_checkpointing_ends_with_the_weights_of_training_without(data, tmp_path):
+    final = {}
+    for policy in ("none", ["layer2", "layer4"]):
+        spec = make_spec(data, tmp_path / memory_label(policy), epochs=1, world_size=1, batch_size=8,
+                         checkpointing=policy)
+        engine.fit(ClassificationTask(spec), spec, CPU)
+        final[memory_label(policy)] = torch.load(tmp_path / memory_label(policy) / "model.pt", weights_only=True)["model"]
+    for name, value in final["none"].items():
+        torch.testing.assert_close(final["layer2+layer4"][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_state_from_another_spec_is_refused_with_what_changed(tmp_path):

@@ -2,7 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from frelon.data.folder import prepare, scan, stratified_split
+from frelon.data.dataset import CachedSplit
+from frelon.data.folder import load_square, prepare, scan, stratified_split
 from frelon.errors import FrelonError
 
 
@@ -66,6 +67,31 @@ def test_prepare_caches_every_split_at_training_size(tmp_path):
         total += len(blob["labels"])
     assert total == 16
     assert (tmp_path / "out" / "manifest.csv").exists() and (tmp_path / "out" / "report.json").exists()
+
+
+def test_resize_then_centre_crop_keeps_the_middle_like_torchvisions_resize_256_crop_224(tmp_path):
+    # 80x40 image: left quarter red, middle half green, right quarter blue; 4 px black border on top
+    im = Image.new("RGB", (80, 40), (0, 255, 0))
+    im.paste((255, 0, 0), (0, 0, 20, 40))
+    im.paste((0, 0, 255), (60, 0, 80, 40))
+    im.save(tmp_path / "a.png")
+    whole = load_square(tmp_path / "a.png", 32)            # shorter side 32 -> 64x32, centre 32x32
+    assert whole.shape == (3, 32, 32) and (whole[1] > 200).all()
+    cropped = load_square(tmp_path / "a.png", 28, resize=32)  # 32/28 like 256/224
+    assert cropped.shape == (3, 28, 28) and (cropped[1] > 200).all()
+    with pytest.raises(FrelonError, match="resize 24 is smaller than the crop 28"):
+        load_square(tmp_path / "a.png", 28, resize=24)
+
+
+def test_a_split_prepared_with_other_sizes_is_refused_by_the_training_view(tmp_path):
+    make_folder(tmp_path / "src", {"absence": 10, "presence": 6})
+    prepare(tmp_path / "src", ["absence", "presence"], 0.2, 0.2, 28, 0, tmp_path / "out", resize=32)
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    split = CachedSplit(tmp_path / "out" / "test.pt", {"resize": 32, "crop": 28, **norm})
+    x, _ = split[0]
+    assert x.shape == (3, 28, 28)
+    with pytest.raises(FrelonError, match=r"prepared with \{'resize': 32, 'crop': 28\} but the model expects"):
+        CachedSplit(tmp_path / "out" / "test.pt", {"resize": 28, "crop": 28, **norm})
 
 
 def test_failed_prepare_leaves_no_output(tmp_path):

@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -119,3 +120,30 @@ def test_demo_scaling_study_covers_world_sizes_lr_rules_and_warmup(demo_run):
     assert (two[two.lr_scaling == "linear"].lr == 2 * table.loc["w1-nowarmup", "lr"]).all()
     assert (table.efficiency == (table.speedup / table.world_size).round(3)).all()
     assert table.speedup.notna().all() and (table.epoch_seconds > 0).all()
+
+
+def test_demo_ingredients_study_covers_norms_depths_residuals_and_an_lr_sweep_with_and_without_bn(demo_run):
+    table = pd.read_csv(demo_run / "results" / "tables" / "ingredients.csv").set_index("experiment")
+    assert set(table.norm) == {"batch", "group", "layer", "instance", "none"}
+    assert set(zip(table.arch, table.residual)) == {("resnet18", True), ("resnet18", False),
+                                                    ("resnet34", True), ("resnet34", False)}
+    for norm in ("batch", "none"):
+        assert table[(table.norm == norm) & (table.arch == "resnet18") & table.residual].lr.nunique() == 3
+    assert (table.init == "random").all() and "speedup" not in table  # one world size: no scaling columns
+    # every run is either scored or reported as diverged, never both
+    scored = table.test_accuracy.notna()
+    assert (scored != table.diverged_at_step.notna()).all() and scored.sum() >= len(table) // 2
+    for name, row in table.iterrows():
+        model = torch.load(demo_run / "results" / "runs" / "ingredients" / name / "model.pt", weights_only=True)
+        assert model["spec"]["model"]["norm"] == row.norm and model["spec"]["model"]["arch"] == row.arch
+        has_running_stats = any(k.endswith("running_mean") for k in model["model"])
+        assert has_running_stats == (row.norm == "batch")
+
+
+def test_demo_checkpointing_study_measures_every_policy(demo_run):
+    table = pd.read_csv(demo_run / "results" / "checkpointing" / "checkpointing.csv").set_index("policy")
+    assert list(table.index) == ["none", "layer2+layer4", "layer1+layer2+layer3+layer4", "sqrt", "all"]
+    saved = table.saved_activation_mb
+    assert saved["none"] > saved["layer2+layer4"] > saved["all"] and table.saved_ratio["none"] == 1
+    assert (table.step_ms > 0).all() and (table.max_batch >= table.max_batch["none"]).all()
+    assert (demo_run / "results" / "checkpointing" / "checkpointing.png").stat().st_size > 0

@@ -27,7 +27,8 @@ def _fetch(args: argparse.Namespace) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     from frelon.data.folder import prepare
 
-    manifest = prepare(args.source, args.classes.split(","), args.val, args.test, args.size, args.seed, args.out)
+    manifest = prepare(args.source, args.classes.split(","), args.val, args.test, args.size, args.seed, args.out,
+                       resize=args.resize)
     print(manifest.groupby(["split", "class"]).size().unstack(fill_value=0).to_string())
 
 
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", required=True, help="comma-separated class folder names, in label order")
     p.add_argument("--val", type=float, default=0.2)
     p.add_argument("--test", type=float, default=0.2)
-    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--size", type=int, required=True, help="side of the centre crop")
+    p.add_argument("--resize", type=int, help="shorter side before the crop (default: --size)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_prepare)
 

@@ -34,6 +34,14 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def preprocessing(dataset: dict, weights: dict) -> dict:
+    """What every image goes through before the model, in training and evaluation alike: shorter side
+    resized to `resize`, centre crop `crop`, then normalised with the weights' mean and std (ImageNet's
+    for torchvision's weights and for random init)."""
+    return {"resize": dataset.get("resize", dataset["image_size"]), "crop": dataset["image_size"],
+            "mean": list(weights.get("mean", IMAGENET_MEAN)), "std": list(weights.get("std", IMAGENET_STD))}
+
+
 def all_runs(config: dict, only_study: str | None = None) -> list[str]:
     """Run folders of every experiment of every study (or of `only_study`), in config order."""
     return [run_dir(s, e) for s, study in config["studies"].items() for e in study["experiments"]
@@ -76,9 +84,7 @@ def resolve(config: dict, run: str) -> dict:
         "data": {
             "dir": prepared_dir(dataset_name),
             "classes": list(dataset["classes"]),
-            "image_size": dataset["image_size"],
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            "preprocessing": preprocessing(dataset, config["weights"].get(model["weights"], {})),
         },
         "model": {
             **model,

@@ -7,18 +7,26 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from frelon.errors import FrelonError
+
 
 class CachedSplit(Dataset):
-    """Images of one prepared split (uint8 cache), normalised with the model's mean/std.
+    """Images of one prepared split (uint8 cache, resized and cropped as `preprocessing` says; checked),
+    normalised with the weights' mean/std.
 
     Random augmentation draws from a generator seeded by (seed, epoch, index), not from a
     process-wide stream: an image gets the same augmentation whichever rank or worker loads it,
     and a run resumed mid-epoch sees exactly the images the uninterrupted run saw.
     """
 
-    def __init__(self, path: str | os.PathLike, mean: list[float], std: list[float],
-                 flip: bool = False, seed: int = 0):
+    def __init__(self, path: str | os.PathLike, preprocessing: dict, flip: bool = False, seed: int = 0):
         blob = torch.load(path, weights_only=True)
+        cached = {key: blob.get(key) for key in ("resize", "crop")}
+        wanted = {key: preprocessing[key] for key in ("resize", "crop")}
+        if cached != wanted:
+            raise FrelonError(f"{path} was prepared with {cached} but the model expects {wanted}; "
+                              f"prepare the dataset again (snakemake reruns it when the config changed)")
+        mean, std = preprocessing["mean"], preprocessing["std"]
         self.images: torch.Tensor = blob["images"]
         self.labels: torch.Tensor = blob["labels"]
         self.classes: list[str] = blob["classes"]

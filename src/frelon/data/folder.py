@@ -67,16 +67,25 @@ def stratified_split(files: dict[str, list[str]], val: float, test: float, seed:
     return pd.DataFrame(rows).sort_values(["split", "label", "path"], ignore_index=True)
 
 
-def load_square(path: str | os.PathLike, size: int) -> np.ndarray:
-    """RGB image, EXIF-rotated, shorter side resized to `size`, centre-cropped: uint8 (3, size, size)."""
+def load_square(path: str | os.PathLike, size: int, resize: int | None = None) -> np.ndarray:
+    """RGB image, EXIF-rotated, shorter side resized to `resize` (default `size`), then the centre
+    `size` x `size` crop: uint8 (3, size, size)."""
+    resize = resize or size
+    if resize < size:
+        raise FrelonError(f"resize {resize} is smaller than the crop {size}; set resize >= image_size")
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im).convert("RGB")
-        im = ImageOps.fit(im, (size, size), method=Image.Resampling.BILINEAR)
+        w, h = im.size
+        scale = resize / min(w, h)
+        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def prepare(source: str | os.PathLike, classes: list[str], val: float, test: float,
-            image_size: int, seed: int, out_dir: str | os.PathLike) -> pd.DataFrame:
+            image_size: int, seed: int, out_dir: str | os.PathLike, resize: int | None = None) -> pd.DataFrame:
     """Scan, split and cache a folder dataset into `out_dir` (manifest.csv, {split}.pt, report.json)."""
     import torch  # here, not at the top: the Snakefile imports `scan` to check folders at start-up
 
@@ -88,16 +97,18 @@ def prepare(source: str | os.PathLike, classes: list[str], val: float, test: flo
         manifest.to_csv(work / "manifest.csv", index=False)
         for split in SPLITS:
             part = manifest[manifest.split == split]
-            images = np.stack([load_square(source / p, image_size) for p in part.path])
+            images = np.stack([load_square(source / p, image_size, resize) for p in part.path])
             torch.save({
                 "images": torch.from_numpy(images),
                 "labels": torch.tensor(part.label.to_numpy(), dtype=torch.int64),
                 "paths": list(part.path),
                 "classes": list(classes),
+                "resize": resize or image_size,
+                "crop": image_size,
             }, work / f"{split}.pt")
         counts = manifest.groupby(["split", "class"]).size().unstack(fill_value=0)
         write_json(work / "report.json", {
-            "source": str(source), "image_size": image_size, "seed": seed,
+            "source": str(source), "image_size": image_size, "resize": resize or image_size, "seed": seed,
             "counts": {split: {c: int(counts.loc[split, c]) for c in classes} for split in SPLITS},
         })
         if out_dir.exists():

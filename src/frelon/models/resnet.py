@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from frelon.errors import FrelonError
+from frelon.models import checkpointing
 
 STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 GROUPS = 32  # group norm: channels per layer are split into this many groups
@@ -85,6 +86,7 @@ class ResNet(nn.Module):
             raise FrelonError(f"unknown model norm {norm!r}: choose one of {', '.join(NORMS)}")
         self.arch, self.norm, self.residual = arch, norm, residual
         self.frozen_backbone = False
+        self.checkpoint_plan: checkpointing.Plan | None = None  # set by checkpointing.apply
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = NORMS[norm](64)
         self.relu = nn.ReLU(inplace=True)
@@ -114,6 +116,10 @@ class ResNet(nn.Module):
         """The residual blocks, input to output."""
         return [block for i in range(1, 5) for block in getattr(self, f"layer{i}")]
 
+    def checkpoint_units(self) -> list[tuple[str, nn.Module]]:
+        """The units gradient checkpointing may recompute: the residual blocks, by name (layer2.0, …)."""
+        return [(f"layer{i}.{j}", block) for i in range(1, 5) for j, block in enumerate(getattr(self, f"layer{i}"))]
+
     def backbone(self) -> list[nn.Module]:
         """Every module but the head."""
         return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4]
@@ -135,7 +141,7 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone: a (N, 512, H/32, W/32) feature map."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return checkpointing.run_units(self.blocks(), self.checkpoint_plan, x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(features), 1))

@@ -33,8 +33,8 @@ class ClassificationTask:
 
     def dataset(self, split: str, train: bool = False) -> CachedSplit:
         data = self.spec["data"]
-        return CachedSplit(Path(data["dir"]) / f"{split}.pt", data["mean"], data["std"],
-                           flip=train, seed=self.spec["seed"])
+        return CachedSplit(Path(data["dir"]) / f"{split}.pt", data["preprocessing"], flip=train,
+                           seed=self.spec["seed"])
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch

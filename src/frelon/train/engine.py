@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from frelon.atomic import torch_save
 from frelon.errors import FrelonError
+from frelon.models import checkpointing
 from frelon.tasks.base import Task
 from frelon.train import checkpoints
 from frelon.train.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum
@@ -77,16 +78,27 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
     return lr
 
 
+class _Diverged(Exception):
+    """The loss became non-finite on some rank and the config says to end the run there."""
+
+
 def _agree_to_stop(nonfinite: torch.Tensor, preemption: Preemption, world: World, step: int, epoch: int,
-                   state_path: Path) -> bool:
-    """All ranks learn whether any saw a non-finite loss (an error) or was asked to stop (True)."""
+                   state_path: Path, on_divergence: str) -> bool:
+    """All ranks learn whether any saw a non-finite loss or was asked to stop (True).
+
+    A non-finite loss is an error (`train.on_divergence: fail`), or ends the run as diverged
+    (`stop`: a learning-rate sweep expects some runs to blow up and reports where they did).
+    """
     requested = torch.tensor(float(preemption.requested), device=world.device)
     flags = all_reduce_max(torch.stack([nonfinite, requested]))
     if flags[0] > 0:
+        if on_divergence == "stop":
+            raise _Diverged()
         raise FrelonError(
             f"the loss became NaN or infinite by iteration {step} (epoch {epoch + 1}); "
             f"last good checkpoint: {state_path if state_path.exists() else 'none'}. "
-            f"Lower the learning rate, set train.grad_clip, or use bf16 instead of fp16."
+            f"Lower the learning rate, set train.grad_clip, or use bf16 instead of fp16 "
+            f"(or train.on_divergence: stop to record the run as diverged)."
         )
     return bool(flags[1] > 0)
 
@@ -104,7 +116,7 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
     cfg = spec["train"]
     out, state_path = Path(spec["output"]), state_dir(spec) / "last.pt"
     torch.manual_seed(spec["seed"])
-    model = task.build_model(pretrained=True)
+    model = checkpointing.apply(task.build_model(pretrained=True), cfg.get("checkpointing", "none"))
     if cfg.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     model.to(world.device)
@@ -142,6 +154,16 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
         torch.manual_seed(spec["seed"] + 1 + world.rank)
     net = _wrap(model, cfg, world)
 
+    def end_epoch(seconds: float, validate: bool) -> None:
+        means, samples = _epoch_means(sums)
+        scores = task.evaluate(model, "val", world) if validate else {}
+        history.epoch({
+            "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1), **means,
+            **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
+            "epoch_seconds": seconds, "images_per_second": samples / seconds,
+            "peak_memory_mb": peak_memory_mb(world.device),
+        })
+
     def save_state() -> None:
         ranks = all_gather_objects({"rng": checkpoints.rng_state(), "sums": {k: v.cpu() for k, v in sums.items()}})
         if world.is_main:
@@ -155,6 +177,7 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
     preemption = Preemption()
     autocast = torch.autocast(world.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
     nonfinite = torch.zeros((), device=world.device)
+    on_divergence, diverged = cfg.get("on_divergence", "fail"), None
     try:
         while epoch < cfg["epochs"]:
             sampler.set_epoch(epoch, skip_batches=batch_in_epoch)
@@ -189,7 +212,7 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                 step += 1
                 save_now = bool(checkpoint_every) and step % checkpoint_every == 0
                 if history.due(step) or save_now or batch_in_epoch == batches_per_epoch:
-                    if _agree_to_stop(nonfinite, preemption, world, step, epoch, state_path):
+                    if _agree_to_stop(nonfinite, preemption, world, step, epoch, state_path, on_divergence):
                         save_state()
                         raise Preempted(f"stopped on request at iteration {step}; state saved to {state_path}")
                     history.iteration(step, epoch, loss.item(), lr, data_time, time.perf_counter() - tick,
@@ -198,22 +221,22 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                 if save_now:
                     save_state()
                 tick = time.perf_counter()
-            seconds = time.perf_counter() - epoch_start
-            means, samples = _epoch_means(sums)
-            history.epoch({
-                "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1), **means,
-                **{f"val_{k}": v for k, v in task.evaluate(model, "val", world).items() if isinstance(v, float)},
-                "epoch_seconds": seconds, "images_per_second": samples / seconds,
-                "peak_memory_mb": peak_memory_mb(world.device),
-            })
+            end_epoch(time.perf_counter() - epoch_start, validate=True)
             epoch, batch_in_epoch = epoch + 1, 0
             if epoch < cfg["epochs"]:
                 save_state()
+    except _Diverged:
+        end_epoch(time.perf_counter() - epoch_start, validate=False)  # non-finite weights: nothing to score
+        diverged = {"step": step, "epoch": epoch + 1}
+        if world.is_main:
+            print(f"diverged: the loss became NaN or infinite by iteration {step} (epoch {epoch + 1}); "
+                  f"the run ends here and is reported as diverged", flush=True)
     finally:
         preemption.restore()
         history.close()
     if world.is_main:
         torch_save({"model": model.state_dict(), "spec": spec, "epochs": cfg["epochs"],
+                    "preprocessing": spec["data"]["preprocessing"], "diverged": diverged,
                     "train_seconds": history.train_seconds()}, out / "model.pt")
         shutil.rmtree(state_dir(spec), ignore_errors=True)  # resumable state is for unfinished runs only
     return history.epochs

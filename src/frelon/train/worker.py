@@ -12,14 +12,26 @@ import torch
 
 from frelon import tasks
 from frelon.atomic import write_json
+from frelon.errors import FrelonError
 from frelon.train import distributed, engine
 from frelon.train.preemption import EXIT_PREEMPTED, Preempted
 
 
 def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) -> None:
-    """Score a trained model on the test split; rank 0 writes the metrics JSON."""
-    task = tasks.build(spec)
+    """Score a trained model on the test split with the preprocessing it was trained with; rank 0
+    writes the metrics JSON. A diverged run is reported as such, with no scores."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("preprocessing") != spec["data"]["preprocessing"]:
+        raise FrelonError(f"{checkpoint} was trained with preprocessing {state.get('preprocessing')} but "
+                          f"{spec['output']}/spec.json says {spec['data']['preprocessing']}; retrain it")
+    if state.get("diverged"):
+        if world.is_main:
+            print(f"{spec['experiment']}: diverged at iteration {state['diverged']['step']}; not scored")
+            write_json(out, {"experiment": spec["experiment"], "split": "test", "diverged": state["diverged"],
+                             "train_seconds": state["train_seconds"], "accuracy": None,
+                             "balanced_accuracy": None})
+        return
+    task = tasks.build(spec)
     model = task.build_model(pretrained=False)
     model.load_state_dict(state["model"])
     result = task.evaluate(model.to(world.device), "test", world)

@@ -1,0 +1,209 @@
+"""Memory against time for gradient checkpointing: what each policy stores, costs and allows.
+
+For one model, input size, batch and policy:
+
+- **saved activations**: bytes of the tensors kept for backward, counted exactly on any device:
+  autograd's saved tensors (through `torch.autograd.graph.saved_tensors_hooks`) plus the inputs
+  checkpointed segments keep for their recomputation; each storage counted once; parameters left
+  out (they are not activations);
+- **peak memory**: `torch.cuda.max_memory_allocated` over a training step (GPU only);
+- **step time**: median of `steps` timed training steps (forward, backward, SGD step) after
+  `warmup` untimed ones;
+- **largest batch** within a memory budget: on GPU by peak memory, on CPU by the counted training
+  memory (parameters, gradients and momentum, plus the saved activations); predicted from two
+  batch sizes (memory grows linearly with the batch), then checked by measuring it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from frelon.models import checkpointing
+from frelon.models.resnet import ResNet
+
+MB = 2 ** 20
+
+
+def policy_label(policy: checkpointing.Policy) -> str:
+    return policy if isinstance(policy, str) else "+".join(policy)
+
+
+def build(arch: str, policy: checkpointing.Policy, device: torch.device, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return checkpointing.apply(ResNet(arch, num_classes=10), policy).to(device).train()
+
+
+def _batch(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 3, size, size, generator=g).to(device),
+            torch.randint(0, 10, (batch,), generator=g).to(device))
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes stored for backward by one training forward pass (see the module docstring)."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    stored: dict[int, int] = {}
+
+    def note(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            stored[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(note, lambda t: t), checkpointing.keeping(note):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()  # frees what was stored
+    model.zero_grad(set_to_none=True)
+    return sum(stored.values())
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int) -> float:
+    """Median time of a training step, after `warmup` untimed steps."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    times = []
+    for i in range(warmup + steps):
+        _sync(x.device)
+        start = time.perf_counter()
+        _train_step(model, optimizer, x, y)
+        _sync(x.device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_memory_bytes(arch: str, policy: checkpointing.Policy, batch: int, size: int,
+                          device: torch.device) -> int | None:
+    """Memory a training step needs: peak allocated on GPU; on CPU, counted (weights, gradients and
+    momentum, plus saved activations). None on GPU when the batch does not fit at all."""
+    model = build(arch, policy, device)
+    x, y = _batch(batch, size, device)
+    if device.type == "cuda":
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        try:
+            _train_step(model, optimizer, x, y)  # momentum buffers exist from here on
+            torch.cuda.reset_peak_memory_stats(device)
+            _train_step(model, optimizer, x, y)
+            _sync(device)
+            return torch.cuda.max_memory_allocated(device)
+        except torch.cuda.OutOfMemoryError:
+            return None
+        finally:
+            del model, optimizer, x, y
+            torch.cuda.empty_cache()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 3 * weights + saved_activation_bytes(model, x, y)
+
+
+def largest_batch(memory: Callable[[int], int | None], budget: int, probe: int, limit: int = 1 << 16) -> int:
+    """The largest batch whose `memory(batch)` fits `budget`: a linear prediction from `probe` and
+    2 x `probe`, then checked (and stepped down) by measuring. 0 when even one sample does not fit."""
+    low, high = memory(probe), memory(2 * probe)
+    if low is None or high is None or high <= low:
+        candidate = probe if low is not None and low <= budget else 1
+    else:
+        per_sample = (high - low) / probe
+        candidate = int(probe + (budget - low) // per_sample)
+    candidate = max(1, min(candidate, limit))
+    while candidate >= 1:
+        used = memory(candidate)
+        if used is not None and used <= budget:
+            return candidate
+        candidate = candidate - max(1, candidate // 20)
+    return 0
+
+
+def measure(arch: str, size: int, batch: int, policy: checkpointing.Policy, device: torch.device,
+            steps: int, warmup: int, budget_mb: float) -> dict:
+    """One row of the checkpointing study."""
+    model = build(arch, policy, device)
+    x, y = _batch(batch, size, device)
+    saved = saved_activation_bytes(model, x, y)
+    seconds = step_seconds(model, x, y, steps, warmup)
+    del model
+    peak = training_memory_bytes(arch, policy, batch, size, device) if device.type == "cuda" else None
+    fits = largest_batch(lambda b: training_memory_bytes(arch, policy, b, size, device),
+                         int(budget_mb * MB), probe=batch)
+    return {
+        "arch": arch, "image_size": size, "batch_size": batch, "policy": policy_label(policy),
+        "device": device.type, "saved_activation_mb": round(saved / MB, 2),
+        "peak_memory_mb": None if peak is None else round(peak / MB, 1),
+        "step_ms": round(seconds * 1000, 1), "memory_budget_mb": budget_mb, "max_batch": fits,
+    }
+
+
+def study(settings: dict, device: torch.device) -> list[dict]:
+    """Every model x input size x batch x policy of `settings` (the config's `checkpointing`); each
+    row also gets its saved bytes and step time relative to `none` of the same model, size and batch."""
+    rows = []
+    for arch in settings["models"]:
+        for size in settings["image_sizes"]:
+            for batch in settings["batch_sizes"]:
+                group = [measure(arch, size, batch, policy, device, settings["steps"], settings["warmup"],
+                                 settings["memory_budget_mb"]) for policy in settings["policies"]]
+                base = next((r for r in group if r["policy"] == "none"), None)
+                for row in group:
+                    row["saved_ratio"] = round(row["saved_activation_mb"] / base["saved_activation_mb"], 3) if base else None
+                    row["time_ratio"] = round(row["step_ms"] / base["step_ms"], 3) if base else None
+                rows.extend(group)
+    return rows
+
+
+def plot(rows: Sequence[dict], out: str) -> None:
+    """Memory against time, one point per policy, one line per model x size x batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["arch"], row["image_size"], row["batch_size"]), []).append(row)
+    gpu = all(row["peak_memory_mb"] is not None for row in rows)
+    key = "peak_memory_mb" if gpu else "saved_activation_mb"
+    for (arch, size, batch), group in groups.items():
+        ax.plot([r["step_ms"] for r in group], [r[key] for r in group], "o", label=f"{arch} {size}px batch {batch}")
+        for r in group:
+            ax.annotate(r["policy"], (r["step_ms"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("time per training step (ms, median)")
+    ax.set_ylabel("peak memory (MB)" if gpu else "activations saved for backward (MB)")
+    ax.set_title("Gradient checkpointing: memory against time")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, format="png")
+    plt.close(fig)
+
+
+def run_study(settings: dict, device: str, csv: str, md: str, figure: str) -> list[dict]:
+    """The checkpointing study of a config: measure, then write the table (CSV + Markdown) and figure."""
+    import pandas as pd
+
+    from frelon.atomic import atomic_path
+    from frelon.report.tables import write_table
+
+    target = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    rows = study({"steps": 5, "warmup": 2, **settings}, target)
+    for row in rows:
+        print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    write_table(pd.DataFrame(rows), csv, md)
+    with atomic_path(figure) as tmp:
+        plot(rows, tmp)
+    return rows

@@ -1,0 +1,152 @@
+"""Gradient checkpointing: policies, exact gradients and batch-norm statistics, DDP, saved bytes."""
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from frelon.errors import FrelonError
+from frelon.evaluate import memory
+from frelon.models import checkpointing
+from frelon.models.resnet import ResNet
+from frelon.train import distributed, engine
+from test_distributed_eval import free_port
+
+NAMES18 = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+POLICIES = ["none", ["layer2", "layer4"], ["layer1.1", "layer3"], "sqrt", "all"]
+
+
+def test_policies_cut_the_blocks_into_recomputed_and_stored_segments():
+    assert checkpointing.plan(NAMES18, "none") == [(0, 8, False)]
+    assert checkpointing.plan(NAMES18, "all") == [(i, i + 1, True) for i in range(8)]
+    assert checkpointing.plan(NAMES18, "sqrt") == [(0, 3, True), (3, 5, True), (5, 8, True)]  # ceil(sqrt 8) = 3
+    assert checkpointing.plan(NAMES18, ["layer2", "layer4"]) == [(0, 2, False), (2, 4, True), (4, 6, False),
+                                                                 (6, 8, True)]
+    assert checkpointing.plan(NAMES18, ["layer1.1", "layer2.0"]) == [(0, 1, False), (1, 2, True), (2, 3, True),
+                                                                     (3, 8, False)]
+
+
+def test_an_unknown_block_or_policy_is_named_with_the_choices():
+    with pytest.raises(FrelonError, match=r"'layer5' names no block of this model; blocks are layer1.0, "):
+        checkpointing.plan(NAMES18, ["layer5"])
+    with pytest.raises(FrelonError, match="unknown policy 'half'; use none, all, sqrt"):
+        checkpointing.plan(NAMES18, "half")
+
+
+def one_step(arch: str, policy, norm: str = "batch", precision: str = "fp32", seed: int = 0):
+    """Gradients and buffers after one SGD step on a fixed batch."""
+    torch.manual_seed(seed)
+    model = checkpointing.apply(ResNet(arch, num_classes=3, norm=norm), policy).train()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 3, (4,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    return grads, {n: b.clone() for n, b in model.named_buffers()}, {n: p.detach() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("policy", POLICIES[1:], ids=memory.policy_label)
+def test_gradients_and_batch_norm_statistics_equal_those_without_checkpointing(policy):
+    grads, buffers, weights = one_step("resnet18", "none")
+    grads_c, buffers_c, weights_c = one_step("resnet18", policy)
+    for name in grads:
+        torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert buffers_c.keys() == buffers.keys()
+    for name in buffers:  # running_mean, running_var moved once; num_batches_tracked == 1
+        torch.testing.assert_close(buffers_c[name], buffers[name], rtol=0, atol=0, msg=name)
+    assert all(int(v) == 1 for n, v in buffers_c.items() if n.endswith("num_batches_tracked"))
+    for name in weights:
+        torch.testing.assert_close(weights_c[name], weights[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch,norm,precision", [("resnet34", "batch", "fp32"), ("resnet18", "group", "fp32"),
+                                                 ("resnet18", "batch", "bf16")])
+def test_exact_for_resnet34_other_norms_and_under_autocast(arch, norm, precision):
+    grads, buffers, _ = one_step(arch, "none", norm, precision)
+    grads_c, buffers_c, _ = one_step(arch, "sqrt", norm, precision)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": 1e-2, "atol": 1e-3}
+    for name in grads:
+        torch.testing.assert_close(grads_c[name], grads[name], **tol, msg=name)
+    for name in buffers:
+        torch.testing.assert_close(buffers_c[name], buffers[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_frozen_backbone_keeps_its_statistics_with_checkpointing():
+    torch.manual_seed(0)
+    model = checkpointing.apply(ResNet("resnet18", num_classes=3), "all")
+    model.freeze_backbone()
+    model.train()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 1])).backward()
+    assert all(torch.equal(before[n], b) for n, b in model.named_buffers())
+    assert model.fc.weight.grad is not None and model.conv1.weight.grad is None
+
+
+def test_saved_activation_bytes_decrease_strictly_from_none_to_all():
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,))
+    saved = {memory.policy_label(p): memory.saved_activation_bytes(memory.build("resnet18", p, torch.device("cpu")),
+                                                                  x, y)
+             for p in ["none", ["layer2", "layer4"], ["layer1", "layer2", "layer3", "layer4"], "all", "sqrt"]}
+    assert saved["none"] > saved["layer2+layer4"] > saved["all"] and saved["sqrt"] < saved["none"]
+    # per-stage checkpointing stores only the four stage inputs of the 8 blocks' activations
+    assert saved["layer1+layer2+layer3+layer4"] < 0.6 * saved["none"]
+    # counted per tensor: twice the batch, twice the activations (but for per-channel statistics)
+    double = memory.saved_activation_bytes(memory.build("resnet18", "none", torch.device("cpu")),
+                                           torch.cat([x, x]), torch.cat([y, y]))
+    assert double == pytest.approx(2 * saved["none"], rel=1e-2)
+
+
+def test_the_largest_batch_fits_the_budget_and_one_more_sample_does_not():
+    used = lambda b: 1000 + 37 * b  # noqa: E731  (a linear memory model)
+    best = memory.largest_batch(used, budget=5000, probe=8)
+    assert used(best) <= 5000 < used(best + 1)
+    assert memory.largest_batch(used, budget=500, probe=8) == 0
+
+
+def _ddp_rank(rank, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = distributed.init("cpu")
+    try:
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(8, 3, 64, 64, generator=g), torch.randint(0, 3, (8,), generator=g)
+        mine = slice(rank * 4, rank * 4 + 4)
+        results = {}
+        for policy in ("none", ["layer2", "layer4"]):
+            torch.manual_seed(0)
+            model = checkpointing.apply(ResNet("resnet18", num_classes=3), policy)
+            net = engine._wrap(model, {}, world)
+            nn.functional.cross_entropy(net(x[mine]), y[mine]).backward()
+            results[memory.policy_label(policy)] = ({n: p.grad for n, p in model.named_parameters()},
+                                                    dict(model.named_buffers()))
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        distributed.shutdown()
+
+
+def test_a_two_rank_ddp_step_with_checkpointing_has_the_gradients_of_one_without(tmp_path):
+    mp.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "grads")), nprocs=2, join=True)
+    for rank in (0, 1):
+        results = torch.load(tmp_path / f"grads.{rank}", weights_only=True)
+        (grads, buffers), (grads_c, buffers_c) = results["none"], results["layer2+layer4"]
+        for name in grads:
+            torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+        for name in buffers:
+            torch.testing.assert_close(buffers_c[name], buffers[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_study_writes_a_table_and_a_figure_with_one_row_per_policy(tmp_path):
+    settings = {"models": ["resnet18"], "image_sizes": [32], "batch_sizes": [2], "policies": ["none", "all"],
+                "memory_budget_mb": 200, "steps": 1, "warmup": 0}
+    rows = memory.run_study(settings, "cpu", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
+    assert [r["policy"] for r in rows] == ["none", "all"]
+    none, every = rows
+    assert every["saved_activation_mb"] < none["saved_activation_mb"] and every["saved_ratio"] < 1 == none["saved_ratio"]
+    assert every["max_batch"] > none["max_batch"] > 0 and none["peak_memory_mb"] is None  # no GPU here
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "c.md").read_text().startswith("| arch")

@@ -10,6 +10,7 @@ from torch import nn
 from frelon.errors import FrelonError
 from frelon.evaluate import memory
 from frelon.models import checkpointing
+from frelon.models.centernet import CenterNet
 from frelon.models.resnet import ResNet
 from frelon.train import distributed, engine
 from test_distributed_eval import free_port
@@ -73,6 +74,38 @@ def test_exact_for_resnet34_other_norms_and_under_autocast(arch, norm, precision
         torch.testing.assert_close(grads_c[name], grads[name], **tol, msg=name)
     for name in buffers:
         torch.testing.assert_close(buffers_c[name], buffers[name], rtol=0, atol=0, msg=name)
+
+
+def centernet_step(policy):
+    torch.manual_seed(0)
+    model = checkpointing.apply(CenterNet(num_classes=3), policy).train()
+    out = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    sum(o.square().mean() for o in out.values()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, {n: b.clone() for n, b in model.named_buffers()}
+
+
+def test_centernet_units_are_the_backbone_blocks_and_the_decoder_stages():
+    names = [name for name, _ in CenterNet(num_classes=3).checkpoint_units()]
+    assert names == NAMES18 + ["decoder.0", "decoder.1", "decoder.2"]
+
+
+@pytest.mark.parametrize("policy", [["layer2", "layer4", "decoder"], ["decoder.1"], "sqrt", "all"],
+                         ids=memory.policy_label)
+def test_centernet_gradients_and_statistics_equal_those_without_checkpointing(policy):
+    grads, buffers = centernet_step("none")
+    grads_c, buffers_c = centernet_step(policy)
+    for name in grads:
+        torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    for name in buffers:
+        torch.testing.assert_close(buffers_c[name], buffers[name], rtol=0, atol=0, msg=name)
+
+
+def test_centernet_saved_bytes_decrease_from_none_to_all():
+    x, y = torch.randn(2, 3, 64, 64), torch.zeros(2, dtype=torch.long)
+    saved = {memory.policy_label(p): memory.saved_activation_bytes(memory.build("centernet-resnet18", p,
+                                                                                torch.device("cpu")), x, y)
+             for p in ["none", ["layer2", "layer4", "decoder"], "all"]}
+    assert saved["none"] > saved["layer2+layer4+decoder"] > saved["all"]
 
 
 def test_a_frozen_backbone_keeps_its_statistics_with_checkpointing():
@@ -141,12 +174,12 @@ def test_a_two_rank_ddp_step_with_checkpointing_has_the_gradients_of_one_without
 
 
 def test_the_study_writes_a_table_and_a_figure_with_one_row_per_policy(tmp_path):
-    settings = {"models": ["resnet18"], "image_sizes": [32], "batch_sizes": [2], "policies": ["none", "all"],
-                "memory_budget_mb": 200, "steps": 1, "warmup": 0}
+    settings = {"cases": [{"model": "resnet18", "image_size": 32, "batch_sizes": [2]}],
+                "policies": ["none", "all"], "memory_budget_mb": 200, "steps": 1, "warmup": 0}
     rows = memory.run_study(settings, "cpu", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
     assert [r["policy"] for r in rows] == ["none", "all"]
     none, every = rows
     assert every["saved_activation_mb"] < none["saved_activation_mb"] and every["saved_ratio"] < 1 == none["saved_ratio"]
     assert every["max_batch"] > none["max_batch"] > 0 and none["peak_memory_mb"] is None  # no GPU here
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "c.md").read_text().startswith("| arch")
+    assert (tmp_path / "c.md").read_text().startswith("| model")

@@ -17,7 +17,8 @@ def test_dvc_repro_reproduces_the_demo_table(tmp_path, demo_run):
     # the demo, trimmed to what this test compares (finetune runs depend on nothing the others do)
     config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
     config["studies"] = {"finetune": config["studies"]["finetune"]}
-    config["checkpointing"].update(image_sizes=[32], batch_sizes=[2], policies=["none", "all"], steps=1, warmup=0)
+    config["checkpointing"].update(cases=[{"model": "resnet18", "image_size": 32, "batch_sizes": [2]}],
+                                   policies=["none", "all"], steps=1, warmup=0)
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run(["git", "init", "-q"], cwd=work)
     run(["dvc", "init", "-q"], cwd=work)

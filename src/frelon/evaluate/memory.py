@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from frelon.models import checkpointing
+from frelon.models.centernet import CenterNet
 from frelon.models.resnet import ResNet
 
 MB = 2 ** 20
@@ -33,9 +34,25 @@ def policy_label(policy: checkpointing.Policy) -> str:
     return policy if isinstance(policy, str) else "+".join(policy)
 
 
-def build(arch: str, policy: checkpointing.Policy, device: torch.device, seed: int = 0) -> nn.Module:
+MODELS = ("resnet18", "resnet34", "centernet-resnet18", "centernet-resnet34")
+
+
+def build(name: str, policy: checkpointing.Policy, device: torch.device, seed: int = 0) -> nn.Module:
+    """A classifier (`resnet18`, 10 classes) or a detector (`centernet-resnet18`, VOC's 20 classes)."""
     torch.manual_seed(seed)
-    return checkpointing.apply(ResNet(arch, num_classes=10), policy).to(device).train()
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    model = (CenterNet(20, arch=name.split("-", 1)[1]) if name.startswith("centernet-")
+             else ResNet(name, num_classes=10))
+    return checkpointing.apply(model, policy).to(device).train()
+
+
+def _loss(outputs: torch.Tensor | dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for a classifier. For CenterNet a stand-in that reaches every output map: the
+    network's activations, which is what is measured, do not depend on the loss."""
+    if isinstance(outputs, dict):
+        return sum(out.float().square().mean() for out in outputs.values())
+    return nn.functional.cross_entropy(outputs, y)
 
 
 def _batch(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,15 +73,14 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(note, lambda t: t), checkpointing.keeping(note):
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = _loss(model(x), y)
     loss.backward()  # frees what was stored
     model.zero_grad(set_to_none=True)
     return sum(stored.values())
 
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
+    _loss(model(x), y).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -88,11 +104,11 @@ def step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
     return statistics.median(times)
 
 
-def training_memory_bytes(arch: str, policy: checkpointing.Policy, batch: int, size: int,
+def training_memory_bytes(name: str, policy: checkpointing.Policy, batch: int, size: int,
                           device: torch.device) -> int | None:
     """Memory a training step needs: peak allocated on GPU; on CPU, counted (weights, gradients and
     momentum, plus saved activations). None on GPU when the batch does not fit at all."""
-    model = build(arch, policy, device)
+    model = build(name, policy, device)
     x, y = _batch(batch, size, device)
     if device.type == "cuda":
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -129,19 +145,19 @@ def largest_batch(memory: Callable[[int], int | None], budget: int, probe: int, 
     return 0
 
 
-def measure(arch: str, size: int, batch: int, policy: checkpointing.Policy, device: torch.device,
+def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, device: torch.device,
             steps: int, warmup: int, budget_mb: float) -> dict:
     """One row of the checkpointing study."""
-    model = build(arch, policy, device)
+    model = build(name, policy, device)
     x, y = _batch(batch, size, device)
     saved = saved_activation_bytes(model, x, y)
     seconds = step_seconds(model, x, y, steps, warmup)
     del model
-    peak = training_memory_bytes(arch, policy, batch, size, device) if device.type == "cuda" else None
-    fits = largest_batch(lambda b: training_memory_bytes(arch, policy, b, size, device),
+    peak = training_memory_bytes(name, policy, batch, size, device) if device.type == "cuda" else None
+    fits = largest_batch(lambda b: training_memory_bytes(name, policy, b, size, device),
                          int(budget_mb * MB), probe=batch)
     return {
-        "arch": arch, "image_size": size, "batch_size": batch, "policy": policy_label(policy),
+        "model": name, "image_size": size, "batch_size": batch, "policy": policy_label(policy),
         "device": device.type, "saved_activation_mb": round(saved / MB, 2),
         "peak_memory_mb": None if peak is None else round(peak / MB, 1),
         "step_ms": round(seconds * 1000, 1), "memory_budget_mb": budget_mb, "max_batch": fits,
@@ -149,19 +165,18 @@ def measure(arch: str, size: int, batch: int, policy: checkpointing.Policy, devi
 
 
 def study(settings: dict, device: torch.device) -> list[dict]:
-    """Every model x input size x batch x policy of `settings` (the config's `checkpointing`); each
-    row also gets its saved bytes and step time relative to `none` of the same model, size and batch."""
+    """Every case (model, input size, batches) x policy of `settings` (the config's `checkpointing`);
+    each row also gets its saved bytes and step time relative to `none` of the same model, size, batch."""
     rows = []
-    for arch in settings["models"]:
-        for size in settings["image_sizes"]:
-            for batch in settings["batch_sizes"]:
-                group = [measure(arch, size, batch, policy, device, settings["steps"], settings["warmup"],
-                                 settings["memory_budget_mb"]) for policy in settings["policies"]]
-                base = next((r for r in group if r["policy"] == "none"), None)
-                for row in group:
-                    row["saved_ratio"] = round(row["saved_activation_mb"] / base["saved_activation_mb"], 3) if base else None
-                    row["time_ratio"] = round(row["step_ms"] / base["step_ms"], 3) if base else None
-                rows.extend(group)
+    for case in settings["cases"]:
+        for batch in case["batch_sizes"]:
+            group = [measure(case["model"], case["image_size"], batch, policy, device, settings["steps"],
+                             settings["warmup"], settings["memory_budget_mb"]) for policy in settings["policies"]]
+            base = next((r for r in group if r["policy"] == "none"), None)
+            for row in group:
+                row["saved_ratio"] = round(row["saved_activation_mb"] / base["saved_activation_mb"], 3) if base else None
+                row["time_ratio"] = round(row["step_ms"] / base["step_ms"], 3) if base else None
+            rows.extend(group)
     return rows
 
 
@@ -175,11 +190,11 @@ def plot(rows: Sequence[dict], out: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["arch"], row["image_size"], row["batch_size"]), []).append(row)
+        groups.setdefault((row["model"], row["image_size"], row["batch_size"]), []).append(row)
     gpu = all(row["peak_memory_mb"] is not None for row in rows)
     key = "peak_memory_mb" if gpu else "saved_activation_mb"
-    for (arch, size, batch), group in groups.items():
-        ax.plot([r["step_ms"] for r in group], [r[key] for r in group], "o", label=f"{arch} {size}px batch {batch}")
+    for (name, size, batch), group in groups.items():
+        ax.plot([r["step_ms"] for r in group], [r[key] for r in group], "o", label=f"{name} {size}px batch {batch}")
         for r in group:
             ax.annotate(r["policy"], (r["step_ms"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("time per training step (ms, median)")

@@ -140,8 +140,11 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone: a (N, 512, H/32, W/32) feature map."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return checkpointing.run_units(self.blocks(), self.checkpoint_plan, x)
+        return checkpointing.run_units(self.blocks(), self.checkpoint_plan, self.stem(x))
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The 7x7 stride-2 convolution, its norm, ReLU and max-pool: stride 4, 64 channels."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(features), 1))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -45,23 +46,56 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from `server.root`, with `Range: bytes=N-` requests (206) like a real file
+    server; `server.cuts[path] = n` makes the next response for `path` stop after n bytes."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+        path = self.server.root / urllib.parse.unquote(self.path.lstrip("/"))
+        asked = self.headers.get("Range")
+        self.server.requests.append((self.path, asked))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = int(re.fullmatch(r"bytes=(\d+)-", asked)[1]) if asked else 0
+        if asked and start >= len(data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.end_headers()
+            return
+        body = data[start:]
+        self.send_response(206 if asked else 200)
+        if asked:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = self.server.cuts.pop(self.path, None)
+        self.wfile.write(body if cut is None else body[:cut])  # HTTP/1.0: the connection closes after
+
     def log_message(self, *args) -> None:
         pass
 
 
 @pytest.fixture
-def http_root(tmp_path):
-    """(folder, base URL): files put in the folder are served on 127.0.0.1."""
+def http_server(tmp_path):
+    """A file server on 127.0.0.1: `.root` (folder), `.url`, `.cuts` and `.requests` (see above)."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    server.root, server.cuts, server.requests = root, {}, []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def http_root(http_server):
+    """(folder, base URL): files put in the folder are served on 127.0.0.1."""
+    return http_server.root, http_server.url
 
 
 @pytest.fixture(scope="session")

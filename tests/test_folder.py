@@ -100,3 +100,49 @@ def test_failed_prepare_leaves_no_output(tmp_path):
     with pytest.raises(Exception):
         prepare(tmp_path / "src", ["absence", "presence"], 0.2, 0.2, 32, 0, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def hornet_with_problems(root):
+    """A class folder set with a corrupt JPEG, a CMYK JPEG, an EXIF-rotated photo and duplicates."""
+    from test_archives_images import photo
+
+    for name, offset in (("absence", 0), ("presence", 50)):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            photo(seed=offset + i).save(root / name / f"{i:03d}.jpg", quality=95)
+    (root / "presence" / "dup_exact.jpg").write_bytes((root / "presence" / "000.jpg").read_bytes())
+    photo(seed=50).resize((96, 72)).save(root / "presence" / "dup_resized.png")
+    (root / "absence" / "corrupt.jpg").write_bytes((root / "absence" / "000.jpg").read_bytes()[:400])
+    photo(seed=99).convert("CMYK").save(root / "absence" / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    photo(seed=77).save(root / "presence" / "rotated.jpg", exif=exif)
+    return root
+
+
+def test_a_bad_image_fails_the_step_with_a_list_unless_skipping_is_asked_for(tmp_path):
+    import json
+
+    src = hornet_with_problems(tmp_path / "src")
+    with pytest.raises(FrelonError, match=r"1 file\(s\) .* not readable images: absence/corrupt.jpg .*on_bad_image: skip"):
+        prepare(src, ["absence", "presence"], 0.2, 0.2, 32, 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    manifest = prepare(src, ["absence", "presence"], 0.2, 0.2, 32, 0, tmp_path / "out", on_bad_image="skip")
+    assert "absence/corrupt.jpg" not in set(manifest.path) and "absence/cmyk.jpg" in set(manifest.path)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["skipped"]["count"] == 1 and "absence/corrupt.jpg" in report["skipped"]["files"]
+    assert report["converted_to_rgb"] == {"CMYK": 1} and report["exif_rotated"] == 1
+    assert report["duplicates"]["exact"] == 1 and report["duplicates"]["near"] >= 1
+    # the three copies of presence/000.jpg share one split: no leak between train and test
+    copies = manifest[manifest.path.isin(["presence/000.jpg", "presence/dup_exact.jpg", "presence/dup_resized.png"])]
+    assert len(copies) == 3 and copies.split.nunique() == 1
+
+
+def test_duplicate_groups_stay_in_one_split_and_the_split_stays_stratified():
+    files = {"a": [f"a/{i}" for i in range(40)], "b": [f"b/{i}" for i in range(20)]}
+    groups = [["a/0", "a/1", "a/2", "a/3"], ["b/5", "b/6"], ["a/10", "b/10"]]
+    manifest = stratified_split(files, 0.2, 0.2, seed=1, groups=groups).set_index("path")
+    for group in groups:
+        assert manifest.loc[group].split.nunique() == 1
+    counts = manifest.groupby(["class", "split"]).size()
+    assert counts["a"]["test"] in (8, 9, 10, 11) and counts["b"]["test"] in (4, 5, 6)

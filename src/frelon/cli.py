@@ -14,22 +14,72 @@ def _demo_data(args: argparse.Namespace) -> None:
 
     if args.kind == "hornet":
         demo.generate_hornet(args.out, args.presence, args.absence, args.size, args.seed)
-    else:
+    elif args.kind == "source":
         demo.generate_source(args.out, args.per_class, args.size, args.seed)
+    else:
+        from frelon.data import demo_detection
+        from frelon.data.sources import sha256_of
+
+        write = demo_detection.write_voc_archives if args.kind == "voc" else demo_detection.write_coco_archives
+        for path in write(args.out, seed=args.seed).values():
+            path.with_name(path.name + ".sha256").write_text(f"{sha256_of(path)}  {path.name}\n")
 
 
 def _fetch(args: argparse.Namespace) -> None:
     from frelon.data.sources import fetch
 
-    fetch(args.url, args.dest, sha256=args.sha256, sha256_url=args.sha256_url)
+    fetch(args.url, args.dest, sha256=args.sha256, sha256_url=args.sha256_url, md5=args.md5)
 
 
 def _prepare(args: argparse.Namespace) -> None:
     from frelon.data.folder import prepare
 
     manifest = prepare(args.source, args.classes.split(","), args.val, args.test, args.size, args.seed, args.out,
-                       resize=args.resize)
+                       resize=args.resize, on_bad_image=args.on_bad_image)
     print(manifest.groupby(["split", "class"]).size().unstack(fill_value=0).to_string())
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from frelon.data.archives import extract_all
+
+    print(extract_all(args.archives, args.out))
+
+
+def _voc_to_coco(args: argparse.Namespace) -> None:
+    from frelon.data import voc
+
+    coco = voc.write_coco(args.devkit, voc.parse_sets(args.sets), args.out)
+    print(f"{args.out}: {len(coco['images'])} images, {len(coco['annotations'])} objects "
+          f"({sum(a['iscrowd'] for a in coco['annotations'])} difficult, kept as ignored)")
+
+
+def _prepare_voc(args: argparse.Namespace) -> None:
+    from frelon.data import voc
+
+    print(json.dumps(voc.prepare(args.devkit, args.out, args.train, args.val), indent=2))
+
+
+def _prepare_coco(args: argparse.Namespace) -> None:
+    from frelon.data import coco
+
+    print(json.dumps(coco.prepare(args.root, args.out), indent=2))
+
+
+def _coco_eval(args: argparse.Namespace) -> None:
+    from frelon.atomic import write_json
+    from frelon.evaluate.detection import coco_eval
+
+    scores = coco_eval(args.gt, args.dt)
+    if args.out:
+        write_json(args.out, scores)
+
+
+def _augment(args: argparse.Namespace) -> None:
+    from frelon.data.augment import augment_split
+
+    options = json.loads(args.options) if args.options else {}
+    print(json.dumps(augment_split(args.prepared, args.out, {**options, "multiplier": args.multiplier}, args.seed),
+                     indent=2))
 
 
 def _launch(args: argparse.Namespace, worker_args: list[str]) -> int:
@@ -74,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frelon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo-data", help="generate the demo's hornet or pretraining source set")
-    p.add_argument("kind", choices=["hornet", "source"])
+    p = sub.add_parser("demo-data", help="generate the demo's hornet or pretraining source set, or its "
+                                         "VOC tars and COCO zips (with .sha256 files)")
+    p.add_argument("kind", choices=["hornet", "source", "voc", "coco"])
     p.add_argument("out")
     p.add_argument("--presence", type=int, default=140)
     p.add_argument("--absence", type=int, default=248)
@@ -89,7 +140,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.add_argument("--sha256", help="full digest or a hex prefix (torchvision's 8 characters)")
     p.add_argument("--sha256-url", help="URL of a checksum file ('<digest>  <name>')")
+    p.add_argument("--md5", help="full MD5 digest, for datasets that publish only that (VOC, COCO)")
     p.set_defaults(func=_fetch)
+
+    p = sub.add_parser("extract", help="extract tar/zip archives into one folder, refusing unsafe members")
+    p.add_argument("archives", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_extract)
+
+    p = sub.add_parser("voc-to-coco", help="Pascal VOC annotations to a COCO JSON file")
+    p.add_argument("devkit", metavar="VOCDEVKIT_DIR")
+    p.add_argument("--sets", required=True, help="YEAR:SET,... e.g. 2007:trainval,2012:trainval or 2007:test")
+    p.add_argument("--out", required=True, metavar="FILE.json")
+    p.set_defaults(func=_voc_to_coco)
+
+    p = sub.add_parser("prepare-voc", help="VOCdevkit -> train.json and val.json (COCO format) + report")
+    p.add_argument("devkit", metavar="VOCDEVKIT_DIR")
+    p.add_argument("out")
+    p.add_argument("--train", default="2007:trainval,2012:trainval")
+    p.add_argument("--val", default="2007:test")
+    p.set_defaults(func=_prepare_voc)
+
+    p = sub.add_parser("prepare-coco", help="check an extracted COCO 2017 folder; annotations, categories, report")
+    p.add_argument("root", metavar="COCO_DIR")
+    p.add_argument("out")
+    p.set_defaults(func=_prepare_coco)
+
+    p = sub.add_parser("coco-eval", help="COCO mAP of detections: prints the 12 summary numbers")
+    p.add_argument("--gt", required=True, metavar="GT.json")
+    p.add_argument("--dt", required=True, metavar="DETECTIONS.json")
+    p.add_argument("--out", help="also write the 12 numbers as JSON")
+    p.set_defaults(func=_coco_eval)
+
+    p = sub.add_parser("augment", help="seeded augmented copies of a prepared train split, and a preview grid")
+    p.add_argument("prepared")
+    p.add_argument("out")
+    p.add_argument("--multiplier", type=int, default=4, help="images per original in the train split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", help="JSON object overriding the transforms' settings")
+    p.set_defaults(func=_augment)
 
     p = sub.add_parser("prepare", help="split a folder-per-class image set and cache it at training size")
     p.add_argument("source")
@@ -100,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, required=True, help="side of the centre crop")
     p.add_argument("--resize", type=int, help="shorter side before the crop (default: --size)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail",
+                   help="an unreadable file fails the step, or is left out and counted")
     p.set_defaults(func=_prepare)
 
     for name, func, help_text in (("train", _train, "train a spec through torchrun"),

@@ -1,18 +1,23 @@
-"""A folder-per-class image set (a user's own "hornet"): scan, split by class, cache at training size."""
+"""A folder-per-class image set (a user's own "hornet"): scan, check, split by class, cache at training size.
+
+Every file is checked (`frelon.data.images`): unreadable, truncated and non-image files fail the
+step with a list, or are skipped and counted (`on_bad_image: skip`); images are made upright and
+RGB. Exact and near duplicates are kept in one split, so no image leaks between train and test.
+The split is stratified by class with a seed; `report.json` has the counts of all of this.
+"""
 
 from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
-from frelon.atomic import write_json
+from frelon.atomic import atomic_dir, write_json
+from frelon.data import images as image_checks
 from frelon.errors import FrelonError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -20,7 +25,8 @@ SPLITS = ("train", "val", "test")
 
 
 def scan(source: str | os.PathLike, classes: list[str]) -> dict[str, list[str]]:
-    """Image paths per class, relative to `source`, sorted; refuses missing or empty class folders."""
+    """File paths per class, relative to `source`, sorted (every file but hidden ones: whether it is
+    an image is checked when the set is prepared); refuses missing or empty class folders."""
     source = Path(source)
     if not source.is_dir():
         raise FrelonError(
@@ -37,9 +43,9 @@ def scan(source: str | os.PathLike, classes: list[str]) -> dict[str, list[str]]:
             )
         files = sorted(
             str(p.relative_to(source)) for p in folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         )
-        if not files:
+        if not any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
             raise FrelonError(
                 f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
                 f"add images to it or remove the class from the config"
@@ -48,8 +54,11 @@ def scan(source: str | os.PathLike, classes: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def stratified_split(files: dict[str, list[str]], val: float, test: float, seed: int) -> pd.DataFrame:
-    """Split each class separately with the same fractions, so every split keeps the class ratio."""
+def stratified_split(files: dict[str, list[str]], val: float, test: float, seed: int,
+                     groups: list[list[str]] = ()) -> pd.DataFrame:
+    """Split each class separately with the same fractions, so every split keeps the class ratio.
+    The paths of a group (duplicates) go to the same split, that of the group's first member."""
+    leader = {p: group[0] for group in groups for p in group}
     rows = []
     for label, (name, paths) in enumerate(files.items()):
         n = len(paths)
@@ -59,12 +68,30 @@ def stratified_split(files: dict[str, list[str]], val: float, test: float, seed:
                 f"class {name!r} has {n} images: too few for a train/val/test split with "
                 f"val={val}, test={test}; add images or change the split fractions"
             )
-        order = list(paths)
+        units: dict[str, list[str]] = {}  # a path alone, or the members of its group in this class
+        for path in paths:
+            units.setdefault(leader.get(path, path), []).append(path)
+        order = sorted(units)
         random.Random(f"{seed}:{name}").shuffle(order)
-        for i, path in enumerate(order):
-            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-            rows.append({"path": path, "label": label, "class": name, "split": split})
-    return pd.DataFrame(rows).sort_values(["split", "label", "path"], ignore_index=True)
+        placed = 0
+        for key in order:
+            split = "test" if placed < n_test else "val" if placed < n_test + n_val else "train"
+            for path in units[key]:
+                rows.append({"path": path, "label": label, "class": name, "split": split, "group": key})
+            placed += len(units[key])
+    table = pd.DataFrame(rows)
+    # a group whose copies sit in several classes follows the split of its first member
+    first = table.drop_duplicates("group").set_index("group").split
+    table["split"] = table.group.map(first)
+    counts = table.groupby(["class", "split"]).size().unstack(fill_value=0).reindex(columns=SPLITS, fill_value=0)
+    empty = [(c, s) for c in counts.index for s in SPLITS if counts.loc[c, s] == 0]
+    if empty:
+        raise FrelonError(
+            f"after keeping duplicates together, no {empty[0][0]!r} image is left for the {empty[0][1]} split "
+            f"(counts {counts.to_dict('index')}); the class has too few distinct images: add some, or "
+            f"remove the duplicates listed in a previous report"
+        )
+    return table.drop(columns="group").sort_values(["split", "label", "path"], ignore_index=True)
 
 
 def load_square(path: str | os.PathLike, size: int, resize: int | None = None) -> np.ndarray:
@@ -73,27 +100,39 @@ def load_square(path: str | os.PathLike, size: int, resize: int | None = None) -
     resize = resize or size
     if resize < size:
         raise FrelonError(f"resize {resize} is smaller than the crop {size}; set resize >= image_size")
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        w, h = im.size
-        scale = resize / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+    im = image_checks.load_rgb(path)
+    w, h = im.size
+    scale = resize / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def prepare(source: str | os.PathLike, classes: list[str], val: float, test: float,
-            image_size: int, seed: int, out_dir: str | os.PathLike, resize: int | None = None) -> pd.DataFrame:
-    """Scan, split and cache a folder dataset into `out_dir` (manifest.csv, {split}.pt, report.json)."""
+            image_size: int, seed: int, out_dir: str | os.PathLike, resize: int | None = None,
+            on_bad_image: str = "fail") -> pd.DataFrame:
+    """Scan, check, split and cache a folder dataset into `out_dir` (manifest.csv, {split}.pt,
+    report.json); nothing is written when it fails."""
     import torch  # here, not at the top: the Snakefile imports `scan` to check folders at start-up
 
     source, out_dir = Path(source), Path(out_dir)
-    manifest = stratified_split(scan(source, classes), val, test, seed)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    files = scan(source, classes)
+    checked = image_checks.check(source, [p for paths in files.values() for p in paths])
+    if checked.bad:
+        listing = "; ".join(f"{p} ({why})" for p, why in list(checked.bad.items())[:10])
+        more = f" and {len(checked.bad) - 10} more" if len(checked.bad) > 10 else ""
+        if on_bad_image != "skip":
+            raise FrelonError(f"{len(checked.bad)} file(s) in {source} are not readable images: {listing}{more}. "
+                              f"Remove or replace them, or set on_bad_image: skip in the dataset's config "
+                              f"to leave them out (they are then counted in report.json)")
+        print(f"skipping {len(checked.bad)} unreadable file(s): {listing}{more}", flush=True)
+        files = {name: [p for p in paths if p not in checked.bad] for name, paths in files.items()}
+    manifest = stratified_split(files, val, test, seed, checked.groups)
+    labels = manifest.set_index("path")["class"]
+    conflicts = [g for g in checked.groups if labels[g].nunique() > 1]
+    with atomic_dir(out_dir) as work:
         manifest.to_csv(work / "manifest.csv", index=False)
         for split in SPLITS:
             part = manifest[manifest.split == split]
@@ -110,10 +149,11 @@ def prepare(source: str | os.PathLike, classes: list[str], val: float, test: flo
         write_json(work / "report.json", {
             "source": str(source), "image_size": image_size, "resize": resize or image_size, "seed": seed,
             "counts": {split: {c: int(counts.loc[split, c]) for c in classes} for split in SPLITS},
+            "skipped": {"count": len(checked.bad), "files": checked.bad},
+            "converted_to_rgb": checked.converted,
+            "exif_rotated": checked.rotated,
+            "duplicates": {"groups": len(checked.groups), "exact": checked.exact, "near": checked.near,
+                           "images_in_groups": sum(len(g) for g in checked.groups),
+                           "groups_with_conflicting_classes": conflicts},
         })
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return manifest

@@ -1,35 +1,51 @@
-"""Fetch a file from a URL and verify its SHA-256 before it appears at its destination."""
+"""Fetch a file from a URL and verify its SHA-256 before it appears at its destination.
+
+One routine for every source (weights, archives): `http(s)://` or `file:`; an interrupted
+transfer is resumed with an HTTP Range request, with retries and exponential back-off; bytes go to
+`.<name>.part` beside the destination and are moved into place only once the whole file's hash
+matches (a full SHA-256, or a hex prefix like the 8 characters in torchvision's file names). A hash
+mismatch deletes the partial file and names both digests. A machine without internet access can be
+given the file by hand: put it in the downloads folder (`data/downloads/` by default, or
+`$FRELON_DOWNLOADS`) under the URL's file name and it is verified and used instead of downloading.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
+import shutil
+import socket
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO
 
 from tqdm import tqdm
 
-from frelon.atomic import atomic_path
 from frelon.errors import FrelonError
 
 CHUNK = 1 << 20
+DOWNLOADS = "data/downloads"
+RETRYABLE = (urllib.error.URLError, ConnectionError, http.client.IncompleteRead, TimeoutError, socket.timeout)
 
 
-def _open(url: str) -> tuple[BinaryIO, int | None]:
-    """Open `url` for reading; `file:relative/path` is relative to the working directory."""
+class _Interrupted(Exception):
+    """The transfer stopped before the end; what arrived stays in the partial file."""
+
+
+def downloads_dir() -> Path:
+    return Path(os.environ.get("FRELON_DOWNLOADS", DOWNLOADS))
+
+
+def _local_path(url: str) -> Path | None:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
-        path = Path(urllib.parse.unquote(parsed.netloc + parsed.path))
-        if not path.exists():
-            raise FrelonError(f"{url}: no such file {path}; create it first or fix the URL")
-        return open(path, "rb"), path.stat().st_size
+        return Path(urllib.parse.unquote(parsed.netloc + parsed.path))
     if parsed.scheme in ("http", "https"):
-        response = urllib.request.urlopen(url, timeout=60)  # noqa: S310 (scheme checked above)
-        length = response.headers.get("Content-Length")
-        return response, int(length) if length else None
+        return None
     raise FrelonError(f"{url}: unsupported URL scheme {parsed.scheme!r}; use http(s):// or file:")
 
 
@@ -38,9 +54,12 @@ def read_expected_sha256(sha256: str | None, sha256_url: str | None) -> str:
     if sha256:
         digest = sha256
     elif sha256_url:
-        stream, _ = _open(sha256_url)
-        with stream:
-            words = stream.read().decode().split()
+        local = _local_path(sha256_url)
+        try:
+            text = local.read_text() if local else urllib.request.urlopen(sha256_url, timeout=60).read().decode()  # noqa: S310
+        except (OSError, urllib.error.URLError) as exc:
+            raise FrelonError(f"{sha256_url}: could not read the checksum file ({exc})") from exc
+        words = text.split()
         digest = words[0] if words else ""
     else:
         raise FrelonError("no hash given: set sha256 (full digest or an 8+ hex prefix) or sha256_url")
@@ -51,33 +70,108 @@ def read_expected_sha256(sha256: str | None, sha256_url: str | None) -> str:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
+    return _digests(path)[0]
+
+
+def _digests(path: str | os.PathLike) -> tuple[str, str]:
+    """(SHA-256, MD5) of a file, in one pass."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            sha.update(chunk)
+            md5.update(chunk)
+    return sha.hexdigest(), md5.hexdigest()
 
 
-def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None,
-          sha256_url: str | None = None, progress: bool = True) -> Path:
-    """Download `url` to `dest`; the file appears only once its hash matches."""
-    dest = Path(dest)
-    expected = read_expected_sha256(sha256, sha256_url)
-    stream, size = _open(url)
-    h = hashlib.sha256()
-    with stream, atomic_path(dest) as tmp, open(tmp, "wb") as out:
-        with tqdm(total=size, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-            for chunk in iter(lambda: stream.read(CHUNK), b""):
-                h.update(chunk)
+def _transfer(url: str, part: Path, progress: bool, label: str) -> None:
+    """Append the rest of `url` to `part` (asking for a Range when part has bytes already)."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)  # noqa: S310 (scheme checked)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # asked past the end: the partial file is complete
+            return
+        if exc.code < 500:
+            raise FrelonError(f"{url}: HTTP {exc.code} {exc.reason}; check the URL in the config") from exc
+        raise
+    with response:
+        if response.status == 206:
+            mode = "ab"
+        else:  # the server ignored the Range: start again
+            have, mode = 0, "wb"
+        length = response.headers.get("Content-Length")
+        expected = have + int(length) if length else None
+        got = have
+        with open(part, mode) as out, tqdm(total=expected, initial=have, unit="B", unit_scale=True,
+                                           desc=label, disable=not progress, leave=False) as bar:
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except http.client.IncompleteRead as exc:
+                    out.write(exc.partial)
+                    raise _Interrupted(f"connection closed after {got + len(exc.partial)} bytes") from exc
+                if not chunk:
+                    break
                 out.write(chunk)
+                got += len(chunk)
                 bar.update(len(chunk))
-        out.flush()
-        actual = h.hexdigest()
-        if not actual.startswith(expected):
-            raise FrelonError(
-                f"{url}: SHA-256 mismatch: expected {expected}, got {actual}. The download is "
-                f"corrupt or the file changed upstream; delete any copy, check the URL and hash "
-                f"in the config, and fetch again. Nothing was written to {dest}."
-            )
-    return dest
+        if expected is not None and got < expected:
+            raise _Interrupted(f"got {got} of {expected} bytes")
 
+
+def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, sha256_url: str | None = None,
+          md5: str | None = None, progress: bool = True, retries: int = 5, backoff_s: float = 1.0) -> Path:
+    """Download `url` to `dest`; the file appears only once its hash matches: `sha256` (a digest or
+    a prefix), `sha256_url` (a checksum file) or, for datasets that publish only that, `md5`."""
+    dest = Path(dest)
+    if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+        raise FrelonError(f"{md5!r} is not an MD5 digest (32 hex characters)")
+    expected = read_expected_sha256(sha256, sha256_url) if sha256 or sha256_url or not md5 else None
+    shown = expected or md5.lower()
+    name = Path(urllib.parse.urlparse(url).path).name or dest.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.parent / f".{dest.name}.part"
+    placed = downloads_dir() / name
+    local = _local_path(url)
+    if placed.exists() and placed.resolve() != dest.resolve():
+        source, origin = placed, f"{placed} (placed by hand)"
+    elif local is not None:
+        if not local.exists():
+            raise FrelonError(f"{url}: no such file {local}; create it first or fix the URL")
+        source, origin = local, url
+    else:
+        source, origin = None, url
+    if source is not None:
+        part.unlink(missing_ok=True)
+        try:
+            os.link(source, part)  # no second copy of a large archive when it is on the same disk
+        except OSError:
+            shutil.copyfile(source, part)
+    else:
+        for attempt in range(retries + 1):
+            try:
+                _transfer(url, part, progress, dest.name)
+                break
+            except (_Interrupted, *RETRYABLE) as exc:
+                if attempt == retries:
+                    raise FrelonError(
+                        f"could not download {url} after {retries + 1} tries ({exc}). The bytes received "
+                        f"so far are kept in {part} and the next run resumes from there. On a machine "
+                        f"without internet access, download the file elsewhere, check that its "
+                        f"{'SHA-256 starts with' if expected else 'MD5 is'} {shown}, put it at {placed} and rerun."
+                    ) from exc
+                wait = backoff_s * 2 ** attempt
+                print(f"{url}: {exc}; retrying in {wait:g} s (try {attempt + 2} of {retries + 1})", flush=True)
+                time.sleep(wait)
+    actual_sha256, actual_md5 = _digests(part)
+    for kind, want, got in (("SHA-256", expected, actual_sha256), ("MD5", md5 and md5.lower(), actual_md5)):
+        if want and not got.startswith(want):
+            part.unlink(missing_ok=True)
+            raise FrelonError(
+                f"{origin}: {kind} mismatch: expected {want}, got {got}. The download is corrupt or the "
+                f"file changed upstream; check the URL and hash in the config and fetch again. Nothing "
+                f"was written to {dest}."
+            )
+    os.replace(part, dest)
+    return dest

@@ -20,9 +20,12 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
-# Bookkeeping steps run on the submitting host, not as cluster jobs.
+# Bookkeeping steps, and downloads (compute nodes often have no internet access), run on the
+# submitting host, not as cluster jobs.
 localrules:
     all,
+    fetch_weights,
+    fetch_archive,
     data,
     runs,
     report,
@@ -34,4 +37,5 @@ localrules:
 rule all:
     input:
         rules.report.input,
+        rules.data.input,
     default_target: True

@@ -1,15 +1,22 @@
 # Input functions and names shared by the rules; every computation lives in src/frelon.
+import json
+import re
 import urllib.parse
 
+from frelon import config as frelon_config
 from frelon import spec as frelon_spec
 
 RUN = r"results/runs/[^/]+/[^/]+|data/demo/pretrain"
+# Every archive of the config by its file name: data/archives/<file>
+ARCHIVES = {frelon_config.archive_name(entry["url"]): entry for _, entry in frelon_config.archive_entries(config)}
 
 
 wildcard_constraints:
     run=RUN,
-    dataset=r"[^/]+",
+    dataset="|".join(map(re.escape, config["datasets"])),
     study=r"[^/]+",
+    file="|".join(map(re.escape, ARCHIVES)) or "^$",
+    name=r"[^/]+",
 
 
 def run_spec(wildcards):
@@ -41,16 +48,65 @@ def local_file(url):
     return [parsed.netloc + parsed.path] if parsed.scheme == "file" else []
 
 
-def weights_local_files(wildcards):
-    """The weights file and its checksum file when they are local (the demo's are made by a rule)."""
-    entry = config["weights"][wildcards.name]
+def download_local_files(entry):
+    """A download's file and checksum file when they are local (the demo's are made by rules)."""
     return local_file(entry["url"]) + local_file(entry.get("sha256_url", ""))
 
 
+def hash_option(entry):
+    """How `frelon fetch` learns the expected digest: in the config (SHA-256 or MD5) or a checksum file."""
+    for key in ("sha256", "md5", "sha256_url"):
+        if key in entry:
+            return f"--{key.replace('_', '-')} {entry[key]}"
+
+
+def weights_local_files(wildcards):
+    return download_local_files(config["weights"][wildcards.name])
+
+
 def weights_hash_option(wildcards):
-    """How `frelon fetch` learns the expected digest: given in the config, or in a checksum file."""
-    entry = config["weights"][wildcards.name]
-    return f"--sha256 {entry['sha256']}" if "sha256" in entry else f"--sha256-url {entry['sha256_url']}"
+    return hash_option(config["weights"][wildcards.name])
+
+
+def archive_local_files(wildcards):
+    return download_local_files(ARCHIVES[wildcards.file])
+
+
+def archive_hash_option(wildcards):
+    return hash_option(ARCHIVES[wildcards.file])
+
+
+def extract_inputs(wildcards):
+    """The archives extracted into data/raw/<name>: a dataset's, or VOC's or COCO's."""
+    if wildcards.name in config["datasets"]:
+        source = config["datasets"][wildcards.name]["source"]
+        entries = [source["archive"]] if isinstance(source, dict) else []
+    else:
+        entries = config.get("detection_data", {}).get(wildcards.name, {}).get("archives", [])
+    if not entries:
+        raise ValueError(f"data/raw/{wildcards.name}: nothing in the config is extracted there")
+    return [f"data/archives/{frelon_config.archive_name(e['url'])}" for e in entries]
+
+
+def dataset_source(wildcards):
+    """Where a dataset's class folders are: the user's folder, or inside its extracted archive."""
+    source = config["datasets"][wildcards.dataset]["source"]
+    if isinstance(source, str):
+        return source
+    return f"data/raw/{wildcards.dataset}" + (f"/{source['subdir']}" if source.get("subdir") else "")
+
+
+def dataset_input(wildcards):
+    source = config["datasets"][wildcards.dataset]["source"]
+    return source if isinstance(source, str) else f"data/raw/{wildcards.dataset}"
+
+
+def all_data():
+    """Every data product of the config: weights, prepared and augmented datasets, detection sets."""
+    return (expand("data/weights/{name}.pth", name=config["weights"])
+            + expand("data/prepared/{dataset}", dataset=config["datasets"])
+            + expand("data/augmented/{dataset}", dataset=config.get("augment", {}))
+            + expand("data/prepared/{kind}", kind=config.get("detection_data", {})))
 
 
 def study_metrics(wildcards):

@@ -1,4 +1,5 @@
-# Data stages: generated demo data, weights (download + verify), prepared datasets.
+# Data stages: generated demo data, downloads (weights, archives: fetched, verified), extraction,
+# prepared datasets (classification folders, VOC and COCO as COCO JSON), offline augmentation.
 
 
 if "demo" in config:
@@ -24,6 +25,25 @@ if "demo" in config:
         shell:
             "frelon demo-data source {output} --per-class {params.per_class}"
             " --size {params.image_size} --seed {config[seed]} > {log} 2>&1"
+
+    from frelon.data.demo_detection import COCO_ARCHIVES, VOC_ARCHIVES
+
+    # The official archive names and layouts, generated, each with a .sha256 file.
+    rule demo_voc:
+        output:
+            expand("data/demo/voc/{file}{ext}", file=VOC_ARCHIVES, ext=["", ".sha256"]),
+        log:
+            "logs/demo_voc.log",
+        shell:
+            "frelon demo-data voc data/demo/voc --seed {config[seed]} > {log} 2>&1"
+
+    rule demo_coco:
+        output:
+            expand("data/demo/coco/{file}{ext}", file=COCO_ARCHIVES, ext=["", ".sha256"]),
+        log:
+            "logs/demo_coco.log",
+        shell:
+            "frelon demo-data coco data/demo/coco --seed {config[seed]} > {log} 2>&1"
 
     rule demo_export_weights:
         input:
@@ -51,24 +71,87 @@ rule fetch_weights:
         "frelon fetch {params.url:q} {output} {params.hash} > {log} 2>&1"
 
 
+rule fetch_archive:
+    input:
+        archive_local_files,
+    output:
+        "data/archives/{file}",
+    params:
+        url=lambda wc: ARCHIVES[wc.file]["url"],
+        hash=archive_hash_option,
+    log:
+        "logs/fetch_archive/{file}.log",
+    shell:
+        "frelon fetch {params.url:q} {output} {params.hash} > {log} 2>&1"
+
+
+rule extract:
+    input:
+        extract_inputs,
+    output:
+        directory("data/raw/{name}"),
+    log:
+        "logs/extract/{name}.log",
+    shell:
+        "frelon extract {input} --out {output} > {log} 2>&1"
+
+
 rule prepare_dataset:
     input:
-        lambda wc: config["datasets"][wc.dataset]["source"],
+        dataset_input,
     output:
         directory("data/prepared/{dataset}"),
     params:
+        source=dataset_source,
         d=lambda wc: config["datasets"][wc.dataset],
         classes=lambda wc: ",".join(config["datasets"][wc.dataset]["classes"]),
         resize=lambda wc: frelon_spec.preprocessing(config["datasets"][wc.dataset], {})["resize"],
+        on_bad_image=lambda wc: config["datasets"][wc.dataset].get("on_bad_image", "fail"),
     log:
         "logs/prepare/{dataset}.log",
     shell:
-        "frelon prepare {input} {output} --classes {params.classes:q} --val {params.d[val]}"
+        "frelon prepare {params.source:q} {output} --classes {params.classes:q} --val {params.d[val]}"
         " --test {params.d[test]} --size {params.d[image_size]} --resize {params.resize}"
-        " --seed {config[seed]} > {log} 2>&1"
+        " --on-bad-image {params.on_bad_image} --seed {config[seed]} > {log} 2>&1"
+
+
+rule augment:
+    input:
+        "data/prepared/{dataset}",
+    output:
+        directory("data/augmented/{dataset}"),
+    params:
+        options=lambda wc: json.dumps(config["augment"][wc.dataset]),
+    log:
+        "logs/augment/{dataset}.log",
+    shell:
+        "frelon augment {input} {output} --options {params.options:q} --seed {config[seed]} > {log} 2>&1"
+
+
+rule prepare_voc:
+    input:
+        "data/raw/voc",
+    output:
+        directory("data/prepared/voc"),
+    params:
+        d=lambda wc: config["detection_data"]["voc"],
+    log:
+        "logs/prepare/voc.log",
+    shell:
+        "frelon prepare-voc {input}/VOCdevkit {output} --train {params.d[train]} --val {params.d[val]} > {log} 2>&1"
+
+
+rule prepare_coco:
+    input:
+        "data/raw/coco",
+    output:
+        directory("data/prepared/coco"),
+    log:
+        "logs/prepare/coco.log",
+    shell:
+        "frelon prepare-coco {input} {output} > {log} 2>&1"
 
 
 rule data:
     input:
-        expand("data/weights/{name}.pth", name=config["weights"]),
-        expand("data/prepared/{dataset}", dataset=config["datasets"]),
+        all_data(),

@@ -84,3 +84,44 @@ def test_every_run_of_the_ingredients_study_resolves_with_its_own_model(demo):
     assert {(s["model"]["arch"], s["model"]["residual"]) for s in specs} >= {
         ("resnet18", True), ("resnet18", False), ("resnet34", True), ("resnet34", False)}
     assert all(s["train"]["on_divergence"] == "stop" and s["model"]["weights"] is None for s in specs)
+
+
+def test_augmented_runs_need_an_augment_entry_and_archives_need_distinct_names(demo):
+    broken = copy.deepcopy(demo)
+    del broken["augment"]
+    with pytest.raises(FrelonError, match="augmented: true, but augment has no entry for 'hornet'"):
+        validate(broken, SCHEMA)
+    clash = copy.deepcopy(demo)
+    clash["detection_data"]["coco"]["archives"][0]["url"] = "http://elsewhere/VOCtest_06-Nov-2007.tar"
+    with pytest.raises(FrelonError, match="two archives are both named 'VOCtest_06-Nov-2007.tar'"):
+        validate(clash, SCHEMA)
+    no_hash = copy.deepcopy(demo)
+    no_hash["detection_data"]["voc"]["archives"][0] = {"url": "http://x/VOCtest.tar"}
+    with pytest.raises(FrelonError, match=r"detection_data.voc.archives.0"):
+        validate(no_hash, SCHEMA)
+
+
+def test_a_dataset_can_come_from_an_archive_and_the_spec_reads_its_augmented_copy(demo):
+    from frelon.spec import resolve
+
+    demo["datasets"]["hornet"]["source"] = {"archive": {"url": "https://example.org/hornet.zip", "md5": "0" * 32},
+                                            "subdir": "hornet"}
+    config = validate(demo, SCHEMA)
+    check_sources(config)  # an archive is checked once extracted, not at start-up
+    spec = resolve(config, "results/runs/finetune/pretrained-augmented")
+    assert spec["data"]["dir"] == "data/augmented/hornet" and spec["data"]["augmented"] is True
+    assert resolve(config, "results/runs/finetune/pretrained")["data"]["dir"] == "data/prepared/hornet"
+
+
+def test_the_shipped_configs_repeat_no_key():
+    """YAML keeps the last of two equal keys without a word: a pasted study would silently vanish."""
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+            repeated = {k for k in keys if keys.count(k) > 1}
+            assert not repeated, f"repeated keys {repeated} at line {node.start_mark.line + 1}"
+            return super().construct_mapping(node, deep=deep)
+
+    for name in ("config.yaml", "demo.yaml", "schema.yaml"):
+        yaml.load((REPO / "config" / name).read_text(), Loader=Strict)

@@ -9,7 +9,7 @@ from frelon.report.tables import add_scaling, study_table, write_metrics, write_
 def test_speedup_and_efficiency_are_against_one_process_doing_the_same_work():
     table = pd.DataFrame({
         "experiment": ["w1", "w2", "w4", "other"],
-        "arch": ["resnet18"] * 3 + ["resnet34"], "norm": ["batch"] * 4, "residual": [True] * 4,
+        "arch": ["resnet18"] * 3 + ["resnet34"], "norm": ["batch"] * 4, "residual": [True] * 4, "augmented": [False] * 4,
         "init": ["random"] * 4, "batch_size": [32] * 4,
         "world_size": [1, 2, 4, 2], "epoch_seconds": [10.0, 5.5, 3.2, 7.0],
     })
@@ -20,13 +20,13 @@ def test_speedup_and_efficiency_are_against_one_process_doing_the_same_work():
 
 
 def test_no_scaling_columns_without_a_one_process_run():
-    table = pd.DataFrame({"arch": ["resnet18"], "norm": ["batch"], "residual": [True], "init": ["random"],
+    table = pd.DataFrame({"arch": ["resnet18"], "norm": ["batch"], "residual": [True], "augmented": [False], "init": ["random"],
                           "batch_size": [8], "world_size": [2], "epoch_seconds": [1.0]})
     assert "speedup" not in add_scaling(table)
 
 
 def test_no_scaling_columns_in_a_study_of_one_world_size():
-    table = pd.DataFrame({"arch": ["resnet18", "resnet34"], "norm": ["batch"] * 2, "residual": [True] * 2,
+    table = pd.DataFrame({"arch": ["resnet18", "resnet34"], "norm": ["batch"] * 2, "residual": [True] * 2, "augmented": [False] * 2,
                           "init": ["random"] * 2, "batch_size": [8] * 2, "world_size": [1, 1],
                           "epoch_seconds": [1.0, 2.0]})
     assert "speedup" not in add_scaling(table)
@@ -39,7 +39,7 @@ def test_a_diverged_run_has_empty_score_cells_and_the_step_it_diverged_at(tmp_pa
                           ("blown", {"diverged": {"step": 7, "epoch": 2}, "accuracy": None,
                                      "balanced_accuracy": None})):
         (run / name).mkdir(parents=True)
-        spec = {"experiment": f"ingredients/{name}",
+        spec = {"experiment": f"ingredients/{name}", "data": {"augmented": False},
                 "model": {"arch": "resnet18", "norm": "none", "residual": True, "weights": None, "head_only": False},
                 "train": {"epochs": 2, "world_size": 1, "batch_size": 8, "global_batch": 8, "lr_scaling": "none",
                           "lr": 0.2, "lr_schedule": {"warmup_epochs": 0}}}

@@ -78,8 +78,9 @@ def _augment(args: argparse.Namespace) -> None:
     from frelon.data.augment import augment_split
 
     options = json.loads(args.options) if args.options else {}
-    print(json.dumps(augment_split(args.prepared, args.out, {**options, "multiplier": args.multiplier}, args.seed),
-                     indent=2))
+    if args.multiplier is not None:
+        options["multiplier"] = args.multiplier
+    print(json.dumps(augment_split(args.prepared, args.out, options, args.seed), indent=2))
 
 
 def _launch(args: argparse.Namespace, worker_args: list[str]) -> int:
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("augment", help="seeded augmented copies of a prepared train split, and a preview grid")
     p.add_argument("prepared")
     p.add_argument("out")
-    p.add_argument("--multiplier", type=int, default=4, help="images per original in the train split")
+    p.add_argument("--multiplier", type=int, help="images per original in the train split (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--options", help="JSON object overriding the transforms' settings")
     p.set_defaults(func=_augment)

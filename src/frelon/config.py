@@ -42,8 +42,23 @@ def validate(config: dict, schema_path: str | os.PathLike) -> dict:
 
 
 def _check_references(config: dict) -> None:
-    """Names used in studies must exist: datasets and weights entries."""
+    """Names used in studies must exist: datasets and weights entries; archives need distinct names."""
     datasets, weights = config["datasets"], config.get("weights", {})
+    for name in datasets:
+        if name in config.get("detection_data", {}):
+            raise FrelonError(f"config key datasets.{name}: the name {name!r} is taken by detection_data.{name} "
+                              f"(both would be prepared into data/prepared/{name}); rename the dataset")
+    for name in config.get("augment", {}):
+        if name not in datasets:
+            raise FrelonError(f"config key augment.{name}: no dataset {name!r} under datasets "
+                              f"(defined: {', '.join(datasets)})")
+    seen: dict[str, str] = {}
+    for where, entry in archive_entries(config):
+        file = archive_name(entry["url"])
+        if file in seen and seen[file] != entry["url"]:
+            raise FrelonError(f"config key {where}: two archives are both named {file!r} ({seen[file]} and "
+                              f"{entry['url']}); each downloaded file needs its own name")
+        seen[file] = entry["url"]
     runs = [(f"studies.{s}", study["dataset"], part) for s, study in config["studies"].items()
             for part in [study, *study["experiments"].values()]]
     if "demo" in config:
@@ -52,6 +67,9 @@ def _check_references(config: dict) -> None:
         if dataset not in datasets:
             raise FrelonError(f"config key {where}: dataset {dataset!r} is not defined under datasets "
                               f"(defined: {', '.join(datasets)})")
+        if experiment.get("augmented") and dataset not in config.get("augment", {}):
+            raise FrelonError(f"config key {where}: augmented: true, but augment has no entry for {dataset!r}; "
+                              f"add augment.{dataset} (e.g. {{multiplier: 4}}) or drop augmented")
         name = experiment.get("model", {}).get("weights")
         if name is not None and name not in weights:
             raise FrelonError(f"config key {where}: weights {name!r} are not defined under weights "
@@ -64,8 +82,25 @@ def check_sources(config: dict, pipeline_dir: str | os.PathLike = "data") -> Non
 
     owned = Path(pipeline_dir).resolve()
     for name, dataset in config["datasets"].items():
-        if not Path(dataset["source"]).resolve().is_relative_to(owned):
+        if isinstance(dataset["source"], str) and not Path(dataset["source"]).resolve().is_relative_to(owned):
             try:
                 scan(dataset["source"], dataset["classes"])
             except FrelonError as exc:
                 raise FrelonError(f"config key datasets.{name}.source: {exc}") from None
+
+
+def archive_name(url: str) -> str:
+    """The file name a URL downloads to (`data/archives/<name>`)."""
+    import posixpath
+    import urllib.parse
+
+    return posixpath.basename(urllib.parse.urlparse(url).path)
+
+
+def archive_entries(config: dict) -> list[tuple[str, dict]]:
+    """(config key, download entry) of every archive the config names: dataset sources, VOC, COCO."""
+    entries = [(f"datasets.{name}.source.archive", d["source"]["archive"])
+               for name, d in config["datasets"].items() if isinstance(d["source"], dict)]
+    for kind, section in config.get("detection_data", {}).items():
+        entries += [(f"detection_data.{kind}.archives[{i}]", a) for i, a in enumerate(section["archives"])]
+    return entries

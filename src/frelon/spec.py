@@ -19,6 +19,10 @@ def prepared_dir(dataset: str) -> str:
     return f"data/prepared/{dataset}"
 
 
+def augmented_dir(dataset: str) -> str:
+    return f"data/augmented/{dataset}"
+
+
 def weights_path(name: str) -> str:
     return f"data/weights/{name}.pth"
 
@@ -58,7 +62,7 @@ def _locate(config: dict, run: str) -> tuple[str, str, dict, dict]:
     if len(parts) != 2 or parts[0] not in studies or parts[1] not in studies[parts[0]]["experiments"]:
         raise FrelonError(f"{run} is not a run of this config: expected {RUNS_DIR}/<study>/<experiment>")
     study, name = parts
-    shared = {key: studies[study][key] for key in ("model", "train") if key in studies[study]}
+    shared = {key: studies[study][key] for key in ("model", "train", "augmented") if key in studies[study]}
     return f"{study}/{name}", studies[study]["dataset"], shared, studies[study]["experiments"][name]
 
 
@@ -71,6 +75,7 @@ def resolve(config: dict, run: str) -> dict:
     if model["head_only"] and not model["weights"]:
         raise FrelonError(f"{experiment}: model.head_only trains a new head on a pretrained backbone; "
                           f"set model.weights to a weights entry, or head_only: false")
+    augmented = overrides.get("augmented", shared.get("augmented", False))
     global_batch = train["batch_size"] * train["world_size"] * train["accumulate"]
     train["global_batch"] = global_batch
     train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])
@@ -82,7 +87,8 @@ def resolve(config: dict, run: str) -> dict:
         "device": config.get("device", "auto"),
         "output": run,
         "data": {
-            "dir": prepared_dir(dataset_name),
+            "dir": augmented_dir(dataset_name) if augmented else prepared_dir(dataset_name),
+            "augmented": augmented,
             "classes": list(dataset["classes"]),
             "preprocessing": preprocessing(dataset, config["weights"].get(model["weights"], {})),
         },

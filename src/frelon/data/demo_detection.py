@@ -26,6 +26,7 @@ VOC_ARCHIVES = {
     "VOCtest_06-Nov-2007.tar": ("2007", ("test",)),
     "VOCtrainval_11-May-2012.tar": ("2012", ("trainval",)),
 }
+COCO_ARCHIVES = ("train2017.zip", "val2017.zip", "annotations_trainval2017.zip")
 # A few real COCO categories: ids with gaps, as in instances_*.json
 COCO_CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"},
                    {"id": 3, "name": "car", "supercategory": "vehicle"},

@@ -12,7 +12,7 @@ from frelon.atomic import write_json, write_text
 
 METRIC_COLUMNS = ["test_accuracy", "test_balanced_accuracy"]
 # What sets the work of an epoch: runs alike in these differ only in how many processes share it.
-WORK_COLUMNS = ["arch", "norm", "residual", "init", "batch_size"]
+WORK_COLUMNS = ["arch", "norm", "residual", "init", "batch_size", "augmented"]
 
 
 def _score(value: float | None) -> float | None:
@@ -32,6 +32,7 @@ def _row(metrics_path: Path) -> dict:
         "residual": spec["model"]["residual"],
         "init": spec["model"]["weights"] or "random",
         "trained": "head" if spec["model"]["head_only"] else "all",
+        "augmented": spec["data"]["augmented"],
         "epochs": train["epochs"],
         "world_size": train["world_size"],
         "batch_size": train["batch_size"],

@@ -1,0 +1,46 @@
+"""Online, box-aware augmentation for detection, with `torchvision.transforms.v2`.
+
+The CenterNet recipe: random scale (0.6-1.3) and shift, horizontal flip, colour jitter, then the
+network's square input size. Boxes (`tv_tensors.BoundingBoxes`) move with the pixels; boxes pushed
+out of the image or squeezed to nothing are dropped with their labels (`SanitizeBoundingBoxes`)
+and counted. Each sample draws from a generator seeded by (seed, epoch, index), so a sample gets
+the same augmentation on whichever rank or loader worker reads it, and a resumed run sees what
+the uninterrupted one saw.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+DETECTION_DEFAULTS = {"scale": [0.6, 1.3], "translate": 0.2, "flip": 0.5, "brightness": 0.4, "contrast": 0.4,
+                      "saturation": 0.4, "hue": 0.0}
+
+
+def detection_transform(size: int, train: bool, options: dict | None = None) -> v2.Compose:
+    """uint8 image + XYWH boxes in, float image (size x size) + XYXY boxes out."""
+    o = {**DETECTION_DEFAULTS, **(options or {})}
+    steps: list = [v2.ConvertBoundingBoxFormat("XYXY")]
+    if train:
+        steps += [v2.RandomAffine(degrees=0, translate=(o["translate"], o["translate"]), scale=tuple(o["scale"])),
+                  v2.RandomHorizontalFlip(o["flip"]),
+                  v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"])]
+    steps += [v2.Resize((size, size), antialias=True), v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1),
+              v2.ToDtype(torch.float32, scale=True)]
+    return v2.Compose(steps)
+
+
+def apply(transform: v2.Compose, image: torch.Tensor, boxes_xywh: list[list[float]], labels: list[int],
+          seed: int, epoch: int, index: int) -> tuple[torch.Tensor, dict]:
+    """Transform one sample with its own seeded draw; the target holds `boxes` (XYXY), `labels`
+    and `dropped` (boxes the augmentation pushed out of the picture)."""
+    height, width = image.shape[-2:]
+    boxes = tv_tensors.BoundingBoxes(torch.tensor(boxes_xywh, dtype=torch.float32).reshape(-1, 4), format="XYWH",
+                                     canvas_size=(height, width))
+    target = {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.int64)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
+        out_image, out = transform(tv_tensors.Image(image), target)
+    out["dropped"] = len(labels) - len(out["labels"])
+    return out_image, out

@@ -26,9 +26,14 @@ def test_the_dag_is_shown_without_running_anything(tmp_path):
 
 def test_demo_produces_the_finetune_table_from_real_training(demo_run):
     table = pd.read_csv(demo_run / "results" / "tables" / "finetune.csv").set_index("experiment")
-    assert list(table.index) == ["pretrained", "pretrained-head", "random"]
-    assert list(table.init) == ["resnet18", "resnet18", "random"]
-    assert list(table.trained) == ["all", "head", "all"]
+    assert list(table.index) == ["pretrained", "pretrained-head", "random", "pretrained-augmented"]
+    assert list(table.init) == ["resnet18", "resnet18", "random", "resnet18"]
+    assert list(table.trained) == ["all", "head", "all", "all"]
+    assert list(table.augmented) == [False, False, False, True]
+    # the augmented run saw four times the images for a quarter of the epochs: about as many steps
+    steps = {name: pd.read_csv(demo_run / "results" / "runs" / "finetune" / name / "history.csv").step.iloc[-1]
+             for name in ("pretrained", "pretrained-augmented")}
+    assert abs(steps["pretrained-augmented"] - steps["pretrained"]) <= 0.1 * steps["pretrained"]
     counts = json.loads((demo_run / "data" / "prepared" / "hornet" / "report.json").read_text())["counts"]
     n_test = sum(counts["test"].values())
     majority = max(counts["test"].values()) / n_test

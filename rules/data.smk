@@ -105,7 +105,7 @@ rule prepare_dataset:
         source=dataset_source,
         d=lambda wc: config["datasets"][wc.dataset],
         classes=lambda wc: ",".join(config["datasets"][wc.dataset]["classes"]),
-        resize=lambda wc: frelon_spec.preprocessing(config["datasets"][wc.dataset], {})["resize"],
+        resize=lambda wc: config["datasets"][wc.dataset].get("resize", config["datasets"][wc.dataset]["image_size"]),
         on_bad_image=lambda wc: config["datasets"][wc.dataset].get("on_bad_image", "fail"),
     log:
         "logs/prepare/{dataset}.log",

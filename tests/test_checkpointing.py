@@ -133,10 +133,18 @@ def test_saved_activation_bytes_decrease_strictly_from_none_to_all():
     assert double == pytest.approx(2 * saved["none"], rel=1e-2)
 
 
-def test_the_largest_batch_fits_the_budget_and_one_more_sample_does_not():
-    used = lambda b: 1000 + 37 * b  # noqa: E731  (a linear memory model)
-    best = memory.largest_batch(used, budget=5000, probe=8)
-    assert used(best) <= 5000 < used(best + 1)
+@pytest.mark.parametrize("used", [
+    lambda b: 1000 + 37 * b,                                  # linear: counted bytes
+    lambda b: 1000 + 20 * b + (b // 16) * 400,                # allocator steps: more than linear
+    lambda b: 1000 + 60 * b if b < 40 else 2400 + 10 * b,     # the first probes overestimate
+    lambda b: 1000 + 37 * b if b <= 16 else None,             # 2 x probe runs out of memory
+], ids=["linear", "steps", "overestimate", "probe-oom"])
+def test_the_largest_batch_fits_the_budget_and_one_more_sample_does_not(used):
+    measured = []
+    best = memory.largest_batch(lambda b: measured.append(b) or used(b), budget=5000, probe=8)
+    fits = lambda b: used(b) is not None and used(b) <= 5000  # noqa: E731
+    assert fits(best) and not fits(best + 1)
+    assert len(measured) <= 20  # a search, not a walk: 2 for linear memory
     assert memory.largest_batch(used, budget=500, probe=8) == 0
 
 
@@ -183,3 +191,9 @@ def test_the_study_writes_a_table_and_a_figure_with_one_row_per_policy(tmp_path)
     assert every["max_batch"] > none["max_batch"] > 0 and none["peak_memory_mb"] is None  # no GPU here
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "c.md").read_text().startswith("| model")
+
+
+def test_linear_memory_takes_the_two_probes_and_two_checks():
+    measured = []
+    best = memory.largest_batch(lambda b: measured.append(b) or 1000 + 37 * b, budget=5000, probe=8)
+    assert best == 108 and measured == [8, 16, 108, 109]

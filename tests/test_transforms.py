@@ -24,6 +24,7 @@ def test_a_flip_moves_the_box_with_the_pixels():
 def test_training_augmentation_keeps_boxes_on_their_object_and_is_seeded_per_sample():
     image, boxes, labels = picture()
     transform = detection_transform(64, train=True, options={"brightness": 0, "contrast": 0, "saturation": 0})
+    checked = 0
     for index in range(20):
         out_image, target = apply(transform, image, boxes, labels, seed=0, epoch=1, index=index)
         assert out_image.shape == (3, 64, 64) and out_image.dtype == torch.float32
@@ -32,7 +33,10 @@ def test_training_augmentation_keeps_boxes_on_their_object_and_is_seeded_per_sam
             continue
         x0, y0, x1, y1 = target["boxes"][0].round().int().tolist()
         inside = out_image[0, y0 + 2:y1 - 2, x0 + 2:x1 - 2]
-        assert inside.numel() == 0 or inside.mean() > 0.8  # the box still frames the white square
+        if inside.numel() >= 4:  # the box still frames the white square
+            assert inside.mean() > 0.8
+            checked += 1
+    assert checked >= 10
     a = apply(transform, image, boxes, labels, seed=0, epoch=1, index=7)
     b = apply(transform, image, boxes, labels, seed=0, epoch=1, index=7)
     c = apply(transform, image, boxes, labels, seed=0, epoch=2, index=7)

@@ -18,11 +18,11 @@ def _demo_data(args: argparse.Namespace) -> None:
         demo.generate_source(args.out, args.per_class, args.size, args.seed)
     else:
         from frelon.data import demo_detection
-        from frelon.data.sources import sha256_of
+        from frelon.data.sources import write_checksum
 
         write = demo_detection.write_voc_archives if args.kind == "voc" else demo_detection.write_coco_archives
         for path in write(args.out, seed=args.seed).values():
-            path.with_name(path.name + ".sha256").write_text(f"{sha256_of(path)}  {path.name}\n")
+            write_checksum(path)
 
 
 def _fetch(args: argparse.Namespace) -> None:

@@ -43,6 +43,8 @@ def augment_split(prepared: str | os.PathLike, out_dir: str | os.PathLike, optio
     `multiplier - 1` augmented copies of it; val and test are copied; plus preview.png."""
     import torch
 
+    from frelon.data.dataset import sample_seed
+
     prepared, out_dir = Path(prepared), Path(out_dir)
     if not (prepared / "train.pt").exists():
         raise FrelonError(f"{prepared} has no train.pt: prepare the dataset first (frelon prepare)")
@@ -57,8 +59,8 @@ def augment_split(prepared: str | os.PathLike, out_dir: str | os.PathLike, optio
             if copy == 0:
                 images.append(image)
             else:
-                with torch.random.fork_rng():
-                    torch.manual_seed((seed * 1_000_003 + i) * 1_009 + copy)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed(seed, i, copy))
                     images.append(transform(image))
             labels.append(label)
             paths.append(blob["paths"][i] + ("" if copy == 0 else f"#aug{copy}"))

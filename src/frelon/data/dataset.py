@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
 from torch.utils.data import Dataset
 
 from frelon.errors import FrelonError
+
+
+def sample_seed(*keys: int) -> int:
+    """A 63-bit seed from (seed, epoch, index, ...): the draws of one sample, the same on every rank,
+    worker or machine, and independent of the order samples are read in."""
+    digest = hashlib.blake2b(",".join(map(str, keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class CachedSplit(Dataset):
@@ -45,7 +53,7 @@ class CachedSplit(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = (self.images[i].float() / 255 - self.mean) / self.std
         if self.flip:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, i))
             if torch.rand((), generator=g) < 0.5:
                 x = x.flip(-1)
         return x, self.labels[i]

@@ -106,12 +106,15 @@ def _group(paths: list[str], digests: dict[str, str], hashes: dict[str, tuple[in
         else:
             first_with[digests[p]] = p
     unique = list(first_with.values())
+    bits = np.array([hashes[p][0] for p in unique], dtype=np.uint64)
+    colours = np.array([hashes[p][1] for p in unique], dtype=np.float64).reshape(-1, 3)
     near = 0
-    for i, a in enumerate(unique):  # quadratic in distinct images: fine for thousands
-        for b in unique[i + 1:]:
-            (ha, ca), (hb, cb) = hashes[a], hashes[b]
-            if (bin(ha ^ hb).count("1") <= NEAR_BITS and max(abs(x - y) for x, y in zip(ca, cb)) <= NEAR_COLOUR
-                    and find(a) != find(b)):
+    for i, a in enumerate(unique[:-1]):  # each image against the later ones, vectorised
+        differing = np.unpackbits((bits[i] ^ bits[i + 1:]).view(np.uint8).reshape(-1, 8), axis=1).sum(1)
+        close = (differing <= NEAR_BITS) & (np.abs(colours[i + 1:] - colours[i]).max(1) <= NEAR_COLOUR)
+        for j in np.flatnonzero(close):
+            b = unique[i + 1 + j]
+            if find(a) != find(b):
                 parent[find(b)] = find(a)
                 near += 1
     groups: dict[str, list[str]] = {}

@@ -73,6 +73,16 @@ def sha256_of(path: str | os.PathLike) -> str:
     return _digests(path)[0]
 
 
+def write_checksum(path: str | os.PathLike) -> str:
+    """Write `<path>.sha256` ('<digest>  <name>', as sha256sum does) atomically; returns the digest."""
+    from frelon.atomic import write_text
+
+    path = Path(path)
+    digest = sha256_of(path)
+    write_text(f"{path}.sha256", f"{digest}  {path.name}\n")
+    return digest
+
+
 def _digests(path: str | os.PathLike) -> tuple[str, str]:
     """(SHA-256, MD5) of a file, in one pass."""
     sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
@@ -120,6 +130,15 @@ def _transfer(url: str, part: Path, progress: bool, label: str) -> None:
             raise _Interrupted(f"got {got} of {expected} bytes")
 
 
+def _verify(path: Path, sha256: str | None, md5: str | None, origin: str, fix: str) -> None:
+    """Raise a FrelonError naming both digests unless `path` has the expected SHA-256 (prefix) and MD5."""
+    actual_sha256, actual_md5 = _digests(path)
+    for kind, want, got in (("SHA-256", sha256, actual_sha256), ("MD5", md5 and md5.lower(), actual_md5)):
+        if want and not got.startswith(want):
+            raise FrelonError(f"{origin}: {kind} mismatch: expected {want}, got {got}. The file is corrupt or "
+                              f"changed upstream. {fix} Nothing was written to the destination.")
+
+
 def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, sha256_url: str | None = None,
           md5: str | None = None, progress: bool = True, retries: int = 5, backoff_s: float = 1.0) -> Path:
     """Download `url` to `dest`; the file appears only once its hash matches: `sha256` (a digest or
@@ -135,19 +154,19 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, sha256_u
     placed = downloads_dir() / name
     local = _local_path(url)
     if placed.exists() and placed.resolve() != dest.resolve():
-        source, origin = placed, f"{placed} (placed by hand)"
-    elif local is not None:
+        # put there by hand for the pipeline: checked where it lies, then moved (not copied: COCO is 19 GB)
+        _verify(placed, expected, md5, f"{placed} (placed by hand)",
+                f"Replace {placed} with the right file, or delete it to download {url}.")
+        try:
+            os.replace(placed, dest)
+        except OSError:  # another file system: copy beside the destination, then move into place
+            shutil.copyfile(placed, part)
+            os.replace(part, dest)
+        return dest
+    if local is not None:
         if not local.exists():
             raise FrelonError(f"{url}: no such file {local}; create it first or fix the URL")
-        source, origin = local, url
-    else:
-        source, origin = None, url
-    if source is not None:
-        part.unlink(missing_ok=True)
-        try:
-            os.link(source, part)  # no second copy of a large archive when it is on the same disk
-        except OSError:
-            shutil.copyfile(source, part)
+        shutil.copyfile(local, part)  # a copy: the source is the user's and may change later
     else:
         for attempt in range(retries + 1):
             try:
@@ -164,14 +183,10 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, sha256_u
                 wait = backoff_s * 2 ** attempt
                 print(f"{url}: {exc}; retrying in {wait:g} s (try {attempt + 2} of {retries + 1})", flush=True)
                 time.sleep(wait)
-    actual_sha256, actual_md5 = _digests(part)
-    for kind, want, got in (("SHA-256", expected, actual_sha256), ("MD5", md5 and md5.lower(), actual_md5)):
-        if want and not got.startswith(want):
-            part.unlink(missing_ok=True)
-            raise FrelonError(
-                f"{origin}: {kind} mismatch: expected {want}, got {got}. The download is corrupt or the "
-                f"file changed upstream; check the URL and hash in the config and fetch again. Nothing "
-                f"was written to {dest}."
-            )
+    try:
+        _verify(part, expected, md5, url, "Check the URL and hash in the config and fetch again.")
+    except FrelonError:
+        part.unlink(missing_ok=True)
+        raise
     os.replace(part, dest)
     return dest

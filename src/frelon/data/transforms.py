@@ -14,6 +14,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from frelon.data.dataset import sample_seed
+
 DETECTION_DEFAULTS = {"scale": [0.6, 1.3], "translate": 0.2, "flip": 0.5, "brightness": 0.4, "contrast": 0.4,
                       "saturation": 0.4, "hue": 0.0}
 
@@ -40,7 +42,7 @@ def apply(transform: v2.Compose, image: torch.Tensor, boxes_xywh: list[list[floa
                                      canvas_size=(height, width))
     target = {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.int64)}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
+        torch.manual_seed(sample_seed(seed, epoch, index))
         out_image, out = transform(tv_tensors.Image(image), target)
     out["dropped"] = len(labels) - len(out["labels"])
     return out_image, out

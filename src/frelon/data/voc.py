@@ -4,7 +4,9 @@ VOC boxes are 1-based, inclusive pixel indices (`xmin`..`xmax`); in COCO's conti
 with the origin at the top-left corner of the first pixel, that box is
 `[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]`. Objects marked `difficult` are kept as
 `iscrowd: 1`, which COCOeval ignores (a detection on them is neither a hit nor a false positive),
-as the VOC metric does. Category ids are 1..20 in the canonical VOC order.
+close to the VOC rule (COCOeval matches a crowd region by the share of the detection inside it, so
+a small detection within a large difficult box is ignored too, where VOC counts it as a false
+positive). Category ids are 1..20 in the canonical VOC order.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def to_coco(devkit: str | os.PathLike, sets: list[tuple[str, str]]) -> dict:
                 x, y, w, h = voc_box_to_coco(obj["box"])
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                     "category_id": VOC_CLASSES.index(obj["name"]) + 1, "bbox": [x, y, w, h],
-                                    "area": w * h, "iscrowd": int(obj["difficult"]), "ignore": int(obj["difficult"])})
+                                    "area": w * h, "iscrowd": int(obj["difficult"])})
     categories = [{"id": i + 1, "name": name, "supercategory": "voc"} for i, name in enumerate(VOC_CLASSES)]
     return {"info": {"description": "Pascal VOC " + ",".join(f"{y}:{s}" for y, s in sets)},
             "images": images, "annotations": annotations, "categories": categories}

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+from pathlib import Path
 
 from frelon.errors import FrelonError
 
@@ -20,13 +21,15 @@ def coco_eval(gt: str | os.PathLike, detections: str | os.PathLike | list, quiet
 
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO(str(gt))
-    results = json.loads(open(detections).read()) if not isinstance(detections, list) else detections
+    results = json.loads(Path(detections).read_text()) if not isinstance(detections, list) else detections
     keys = {"image_id", "category_id", "bbox", "score"}
     if not isinstance(results, list) or not all(isinstance(r, dict) and keys <= r.keys() for r in results):
         raise FrelonError(f"{detections} is not a COCO results file: expected a JSON list of "
                           f"{{image_id, category_id, bbox: [x, y, w, h], score}} (a ground-truth file is not one)")
-    if not results:
-        raise FrelonError(f"{detections}: no detections to score; an empty result file scores 0 everywhere")
+    if not results:  # pycocotools cannot load an empty result list; nothing detected scores 0
+        print(f"{detections}: no detections; every score is 0", flush=True)
+        return dict.fromkeys(STATS, 0.0)
+    results = [dict(r) for r in results]  # loadRes adds keys to the dicts it is given
     unknown_images = {r["image_id"] for r in results} - set(truth.getImgIds())
     unknown_categories = {r["category_id"] for r in results} - set(truth.getCatIds())
     if unknown_images or unknown_categories:

@@ -127,22 +127,40 @@ def training_memory_bytes(name: str, policy: checkpointing.Policy, batch: int, s
     return 3 * weights + saved_activation_bytes(model, x, y)
 
 
-def largest_batch(memory: Callable[[int], int | None], budget: int, probe: int, limit: int = 1 << 16) -> int:
-    """The largest batch whose `memory(batch)` fits `budget`: a linear prediction from `probe` and
-    2 x `probe`, then checked (and stepped down) by measuring. 0 when even one sample does not fit."""
-    low, high = memory(probe), memory(2 * probe)
-    if low is None or high is None or high <= low:
-        candidate = probe if low is not None and low <= budget else 1
+def largest_batch(memory: Callable[[int], int | None], budget: int, probe: int, limit: int = 1 << 16,
+                  at_probe: int | None = None) -> int:
+    """The largest batch whose `memory(batch)` fits `budget` (None: it did not fit at all), found by
+    measuring: a linear prediction from `probe` and 2 x `probe` (`at_probe`, if already measured),
+    then a search between the largest batch seen to fit and the smallest seen not to. When memory is
+    linear in the batch (counted bytes) that takes two more measurements. 0 when one sample does not fit."""
+    fits = lambda b: (used := memory(b)) is not None and used <= budget  # noqa: E731
+    low = memory(probe) if at_probe is None else at_probe
+    high = memory(2 * probe) if low is not None else None
+    if low is not None and high is not None and high > low:
+        candidate = int(probe + (budget - low) // ((high - low) / probe))
     else:
-        per_sample = (high - low) / probe
-        candidate = int(probe + (budget - low) // per_sample)
+        candidate = probe
     candidate = max(1, min(candidate, limit))
-    while candidate >= 1:
-        used = memory(candidate)
-        if used is not None and used <= budget:
-            return candidate
-        candidate = candidate - max(1, candidate // 20)
-    return 0
+    good, bad = 0, limit + 1  # largest batch known to fit, smallest known not to
+    step = max(1, candidate // 8)
+    if fits(candidate):
+        good = candidate
+        if fits(candidate + 1):  # the prediction was low: go up, doubling the step
+            good += 1
+            while good + step < bad and fits(good + step):
+                good, step = good + step, 2 * step
+            bad = min(bad, good + step)
+        else:
+            bad = candidate + 1
+    else:  # the prediction was high: go down, doubling the step
+        bad = candidate
+        while bad - step >= 1 and not fits(bad - step):
+            bad, step = bad - step, 2 * step
+        good = max(0, bad - step)
+    while bad - good > 1:  # bisect what remains
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    return good
 
 
 def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, device: torch.device,
@@ -152,10 +170,11 @@ def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, devi
     x, y = _batch(batch, size, device)
     saved = saved_activation_bytes(model, x, y)
     seconds = step_seconds(model, x, y, steps, warmup)
-    del model
-    peak = training_memory_bytes(name, policy, batch, size, device) if device.type == "cuda" else None
+    del model, x, y  # nothing of this measurement stays allocated during the next ones
+    used = training_memory_bytes(name, policy, batch, size, device)
+    peak = used if device.type == "cuda" else None
     fits = largest_batch(lambda b: training_memory_bytes(name, policy, b, size, device),
-                         int(budget_mb * MB), probe=batch)
+                         int(budget_mb * MB), probe=batch, at_probe=used)
     return {
         "model": name, "image_size": size, "batch_size": batch, "policy": policy_label(policy),
         "device": device.type, "saved_activation_mb": round(saved / MB, 2),
@@ -214,6 +233,10 @@ def run_study(settings: dict, device: str, csv: str, md: str, figure: str) -> li
     from frelon.atomic import atomic_path
     from frelon.report.tables import write_table
 
+    from frelon.errors import FrelonError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FrelonError("device: cuda but no GPU is visible; set device: cpu or auto in the config")
     target = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     rows = study({"steps": 5, "warmup": 2, **settings}, target)
     for row in rows:

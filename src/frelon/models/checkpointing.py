@@ -123,7 +123,7 @@ def apply(model: nn.Module, policy: Policy) -> nn.Module:
 @contextlib.contextmanager
 def keeping(callback: Callable[[torch.Tensor], None]) -> Iterator[None]:
     """Tell `callback` about each input a checkpointed segment keeps for its recomputation: these are
-    stored for backward too, but outside autograd's saved tensors (see `frelon.studies.memory`)."""
+    stored for backward too, but outside autograd's saved tensors (see `frelon.evaluate.memory`)."""
     _KEPT.append(callback)
     try:
         yield

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from frelon.atomic import torch_save, write_text
-from frelon.data.sources import sha256_of
+from frelon.atomic import torch_save
+from frelon.data.sources import write_checksum
 from frelon.errors import FrelonError
 from frelon.models.resnet import ResNet
 
@@ -38,6 +38,5 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> str:
     out = Path(out)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
     torch_save(state, out)
-    digest = sha256_of(out)
-    write_text(f"{out}.sha256", f"{digest}  {out.name}\n")
+    digest = write_checksum(out)
     return digest

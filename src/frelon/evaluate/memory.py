@@ -177,20 +177,25 @@ def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, devi
                          int(budget_mb * MB), probe=batch, at_probe=used)
     return {
         "model": name, "image_size": size, "batch_size": batch, "policy": policy_label(policy),
-        "device": device.type, "saved_activation_mb": round(saved / MB, 2),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "saved_activation_mb": round(saved / MB, 2),
         "peak_memory_mb": None if peak is None else round(peak / MB, 1),
         "step_ms": round(seconds * 1000, 1), "memory_budget_mb": budget_mb, "max_batch": fits,
     }
 
 
-def study(settings: dict, device: torch.device) -> list[dict]:
+def study(settings: dict, device: torch.device, on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Every case (model, input size, batches) x policy of `settings` (the config's `checkpointing`);
-    each row also gets its saved bytes and step time relative to `none` of the same model, size, batch."""
+    each row also gets its saved bytes and step time relative to `none` of the same model, size, batch.
+    `on_row` sees each row as soon as it is measured (a long study on GPU shows its progress)."""
     rows = []
     for case in settings["cases"]:
         for batch in case["batch_sizes"]:
-            group = [measure(case["model"], case["image_size"], batch, policy, device, settings["steps"],
-                             settings["warmup"], settings["memory_budget_mb"]) for policy in settings["policies"]]
+            group = []
+            for policy in settings["policies"]:
+                group.append(measure(case["model"], case["image_size"], batch, policy, device, settings["steps"],
+                                     settings["warmup"], settings["memory_budget_mb"]))
+                if on_row:
+                    on_row(group[-1])
             base = next((r for r in group if r["policy"] == "none"), None)
             for row in group:
                 row["saved_ratio"] = round(row["saved_activation_mb"] / base["saved_activation_mb"], 3) if base else None
@@ -238,9 +243,10 @@ def run_study(settings: dict, device: str, csv: str, md: str, figure: str) -> li
     if device == "cuda" and not torch.cuda.is_available():
         raise FrelonError("device: cuda but no GPU is visible; set device: cpu or auto in the config")
     target = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-    rows = study({"steps": 5, "warmup": 2, **settings}, target)
-    for row in rows:
-        print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    print(f"checkpointing study on {torch.cuda.get_device_name(target) if target.type == 'cuda' else 'cpu'}",
+          flush=True)
+    rows = study({"steps": 5, "warmup": 2, **settings}, target,
+                 on_row=lambda row: print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True))
     write_table(pd.DataFrame(rows), csv, md)
     with atomic_path(figure) as tmp:
         plot(rows, tmp)

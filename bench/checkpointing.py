@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     x, y = memory._batch(args.batch, args.size, device)
     result = {"bench": "checkpointing", "model": args.model, "size": args.size, "batch": args.batch,
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+              "device": memory.device_name(device)}
     times: dict[str, list[float]] = {"none": [], "stages": []}
     for name, policy in (("none", "none"), ("stages", STAGES)):
         model = memory.build(args.model, policy, device)

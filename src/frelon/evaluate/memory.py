@@ -30,6 +30,11 @@ from frelon.models.resnet import ResNet
 MB = 2 ** 20
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name (e.g. "NVIDIA H200"), or "cpu": the study's rows say where they were measured."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def policy_label(policy: checkpointing.Policy) -> str:
     return policy if isinstance(policy, str) else "+".join(policy)
 
@@ -177,7 +182,7 @@ def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, devi
                          int(budget_mb * MB), probe=batch, at_probe=used)
     return {
         "model": name, "image_size": size, "batch_size": batch, "policy": policy_label(policy),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "saved_activation_mb": round(saved / MB, 2),
+        "device": device_name(device), "saved_activation_mb": round(saved / MB, 2),
         "peak_memory_mb": None if peak is None else round(peak / MB, 1),
         "step_ms": round(seconds * 1000, 1), "memory_budget_mb": budget_mb, "max_batch": fits,
     }
@@ -243,8 +248,7 @@ def run_study(settings: dict, device: str, csv: str, md: str, figure: str) -> li
     if device == "cuda" and not torch.cuda.is_available():
         raise FrelonError("device: cuda but no GPU is visible; set device: cpu or auto in the config")
     target = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-    print(f"checkpointing study on {torch.cuda.get_device_name(target) if target.type == 'cuda' else 'cpu'}",
-          flush=True)
+    print(f"checkpointing study on {device_name(target)}", flush=True)
     rows = study({"steps": 5, "warmup": 2, **settings}, target,
                  on_row=lambda row: print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True))
     write_table(pd.DataFrame(rows), csv, md)

@@ -113,7 +113,7 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(how, d
     else:
         proc.send_signal(signal.SIGTERM)  # as SLURM does: the launcher passes it on
         output = proc.communicate(timeout=120)[0]
-        assert proc.returncode != 0 and "state saved" in output, output
+        assert proc.returncode == 75 and "state saved" in output, output  # 2 ranks: torchrun said 1
     assert not (tmp_path / "model.pt").exists()
 
     resumed = train(tmp_path)

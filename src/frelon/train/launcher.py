@@ -14,11 +14,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 from frelon.errors import FrelonError
+from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Every BLAS/OpenMP pool must get the per-process share: Snakemake sets them all to the job's
@@ -91,8 +93,9 @@ def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
 
 
 def launch(worker_args: list[str], world_size: int, device: str, threads: int | None = None) -> int:
-    """Start `frelon.train.worker` on `world_size` processes; returns the exit code (torchrun's when
-    world_size > 1, the worker's own otherwise, so a preempted single process exits 75)."""
+    """Start `frelon.train.worker` on `world_size` processes; returns the exit code: 0, 75 when the
+    run stopped on request with its state saved (rerun to resume), otherwise the failure's code.
+    torchrun turns any failed rank into 1, so ranks that stop on request leave a marker file."""
     env = dict(os.environ)
     gpus = visible_gpus(device)
     under_slurm = "SLURM_JOB_ID" in env
@@ -114,4 +117,8 @@ def launch(worker_args: list[str], world_size: int, device: str, threads: int | 
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={world_size}", "-m", "frelon.train.worker", *worker_args]
-        return _run_forwarding_signals(cmd, env)
+        with tempfile.TemporaryDirectory(prefix="frelon-launch-") as tmp:
+            marker = Path(tmp) / "preempted"
+            env[PREEMPTED_MARKER] = str(marker)
+            code = _run_forwarding_signals(cmd, env)
+            return EXIT_PREEMPTED if code != 0 and marker.exists() else code

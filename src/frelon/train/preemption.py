@@ -11,6 +11,9 @@ import signal
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # EX_TEMPFAIL: a temporary failure, to be retried (Snakemake --retries, SLURM requeue).
 EXIT_PREEMPTED = 75
+# Environment variable naming a file the main rank creates when it stops on request, so that the
+# launcher can exit 75 where torchrun reports any failed rank as 1.
+PREEMPTED_MARKER = "FRELON_PREEMPTED_MARKER"
 
 
 class Preemption:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import signal
 import sys
 
@@ -14,7 +15,7 @@ from frelon import tasks
 from frelon.atomic import write_json
 from frelon.errors import FrelonError
 from frelon.train import distributed, engine
-from frelon.train.preemption import EXIT_PREEMPTED, Preempted
+from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER, Preempted
 
 
 def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) -> None:
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as exc:
         if world.is_main:
             print(f"{exc}; rerun to resume", file=sys.stderr, flush=True)
+            if os.environ.get(PREEMPTED_MARKER):  # the launcher reports 75 although torchrun says 1
+                open(os.environ[PREEMPTED_MARKER], "w").close()
         return EXIT_PREEMPTED
     except Exception as exc:
         print(f"[rank {world.rank}] {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

@@ -207,6 +207,17 @@ def test_the_study_writes_a_table_and_a_figure_with_one_row_per_policy(tmp_path)
     assert (tmp_path / "c.md").read_text().startswith("| model")
 
 
+def test_a_budget_too_small_for_any_trainable_batch_names_the_setting_and_writes_nothing(tmp_path):
+    # ResNet-18 weights, gradients and momentum alone take 134 MB: the search goes down to batch 1,
+    # where batch norm on layer4's 1x1 maps cannot train
+    settings = {"cases": [{"model": "resnet18", "image_size": 32, "batch_sizes": [2]}],
+                "policies": ["none"], "memory_budget_mb": 100, "steps": 1, "warmup": 0}
+    with pytest.raises(FrelonError, match="memory_budget_mb 100 went down to a batch too small to train.*"
+                                          "raise memory_budget_mb"):
+        memory.run_study(settings, "cpu", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_linear_memory_takes_the_two_probes_and_two_checks():
     measured = []
     best = memory.largest_batch(lambda b: measured.append(b) or 1000 + 37 * b, budget=5000, probe=8)

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from frelon.errors import FrelonError
 from frelon.models import checkpointing
 from frelon.models.centernet import CenterNet
 from frelon.models.resnet import ResNet
@@ -178,8 +179,13 @@ def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, devi
     del model, x, y  # nothing of this measurement stays allocated during the next ones
     used = training_memory_bytes(name, policy, batch, size, device)
     peak = used if device.type == "cuda" else None
-    fits = largest_batch(lambda b: training_memory_bytes(name, policy, b, size, device),
-                         int(budget_mb * MB), probe=batch, at_probe=used)
+    try:
+        fits = largest_batch(lambda b: training_memory_bytes(name, policy, b, size, device),
+                             int(budget_mb * MB), probe=batch, at_probe=used)
+    except ValueError as exc:  # batch norm cannot train on one value per channel
+        raise FrelonError(f"checkpointing: {name} at {size} px, policy {policy_label(policy)}: the search for the "
+                          f"largest batch within memory_budget_mb {budget_mb} went down to a batch too small to "
+                          f"train ({exc}); raise memory_budget_mb") from exc
     return {
         "model": name, "image_size": size, "batch_size": batch, "policy": policy_label(policy),
         "device": device_name(device), "saved_activation_mb": round(saved / MB, 2),
@@ -242,8 +248,6 @@ def run_study(settings: dict, device: str, csv: str, md: str, figure: str) -> li
 
     from frelon.atomic import atomic_path
     from frelon.report.tables import write_table
-
-    from frelon.errors import FrelonError
 
     if device == "cuda" and not torch.cuda.is_available():
         raise FrelonError("device: cuda but no GPU is visible; set device: cpu or auto in the config")

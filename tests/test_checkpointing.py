@@ -17,7 +17,7 @@ from test_distributed_eval import free_port
 
 NAMES18 = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
 POLICIES = ["none", ["layer2", "layer4"], ["layer1.1", "layer3"], "sqrt", "all"]
-# The exactness tests also run on a GPU where one is visible (`make bench-gpu` runs them with -k cuda).
+# The exactness tests also run on a GPU where one is visible (`make bench-gpu` runs them with -k "cuda or gpu").
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

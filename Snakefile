@@ -10,8 +10,9 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
+# Your own data folders are checked when a job that reads them is scheduled (see dataset_input), so
+# a study runs without the data of the others.
 frelon_config.validate(config, workflow.source_path("config/schema.yaml"))
-frelon_config.check_sources(config)
 
 
 include: "rules/common.smk"

@@ -7,6 +7,7 @@ from frelon import config as frelon_config
 from frelon import spec as frelon_spec
 
 RUN = r"results/runs/[^/]+/[^/]+|data/demo/pretrain"
+DETECTION = config.get("detection_data", {})
 # Every archive of the config by its file name: data/archives/<file>
 ARCHIVES = {frelon_config.archive_name(entry["url"]): entry for _, entry in frelon_config.archive_entries(config)}
 
@@ -82,7 +83,7 @@ def extract_inputs(wildcards):
         source = config["datasets"][wildcards.name]["source"]
         entries = [source["archive"]] if isinstance(source, dict) else []
     else:
-        entries = config.get("detection_data", {}).get(wildcards.name, {}).get("archives", [])
+        entries = DETECTION.get(wildcards.name, {}).get("archives", [])
     if not entries:
         raise ValueError(f"data/raw/{wildcards.name}: nothing in the config is extracted there")
     return [f"data/archives/{frelon_config.archive_name(e['url'])}" for e in entries]
@@ -97,16 +98,38 @@ def dataset_source(wildcards):
 
 
 def dataset_input(wildcards):
+    """A dataset's folder (checked now: its job is about to be scheduled) or its extracted archive."""
+    frelon_config.check_source(config, wildcards.dataset)
     source = config["datasets"][wildcards.dataset]["source"]
     return source if isinstance(source, str) else f"data/raw/{wildcards.dataset}"
 
 
+def voc_input(wildcards):
+    """A VOCdevkit folder you already have (`detection_data.voc.devkit`), or where the archives extract."""
+    return DETECTION["voc"].get("devkit", "data/raw/voc")
+
+
+def voc_devkit(wildcards):
+    return DETECTION["voc"].get("devkit", "data/raw/voc/VOCdevkit")
+
+
+def coco_root(wildcards):
+    """The COCO 2017 folder: one you already have (`detection_data.coco.root`), or the archives' extracted one."""
+    return DETECTION["coco"].get("root", "data/raw/coco")
+
+
 def all_data():
-    """Every data product of the config: weights, prepared and augmented datasets, detection sets."""
+    """The data products the studies use: weights, prepared (and augmented) datasets, detection sets."""
+    used = frelon_config.used_datasets(config)
     return (expand("data/weights/{name}.pth", name=config["weights"])
-            + expand("data/prepared/{dataset}", dataset=config["datasets"])
-            + expand("data/augmented/{dataset}", dataset=config.get("augment", {}))
-            + expand("data/prepared/{kind}", kind=config.get("detection_data", {})))
+            + expand("data/prepared/{dataset}", dataset=used)
+            + expand("data/augmented/{dataset}", dataset=[d for d in config.get("augment", {}) if d in used]))
+
+
+def study_references(wildcards):
+    """Published numbers to show beside the study's measured ones, by experiment (labelled as references)."""
+    experiments = config["studies"][wildcards.study]["experiments"]
+    return json.dumps({name: e["reference"] for name, e in experiments.items() if "reference" in e})
 
 
 def study_metrics(wildcards):

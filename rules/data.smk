@@ -32,18 +32,24 @@ if "demo" in config:
     rule demo_voc:
         output:
             expand("data/demo/voc/{file}{ext}", file=VOC_ARCHIVES, ext=["", ".sha256"]),
+        params:
+            **config["demo"]["voc"],
         log:
             "logs/demo_voc.log",
         shell:
-            "frelon demo-data voc data/demo/voc --seed {config[seed]} > {log} 2>&1"
+            "frelon demo-data voc data/demo/voc --images {params.images_per_set} --size {params.image_size}"
+        " --seed {config[seed]} > {log} 2>&1"
 
     rule demo_coco:
         output:
             expand("data/demo/coco/{file}{ext}", file=COCO_ARCHIVES, ext=["", ".sha256"]),
+        params:
+            **config["demo"]["coco"],
         log:
             "logs/demo_coco.log",
         shell:
-            "frelon demo-data coco data/demo/coco --seed {config[seed]} > {log} 2>&1"
+            "frelon demo-data coco data/demo/coco --images {params.train} --size {params.image_size}"
+        " --seed {config[seed]} > {log} 2>&1"
 
     rule demo_export_weights:
         input:
@@ -130,26 +136,27 @@ rule augment:
 
 rule prepare_voc:
     input:
-        "data/raw/voc",
+        voc_input,
     output:
         directory("data/prepared/voc"),
     params:
-        d=lambda wc: config["detection_data"]["voc"],
+        devkit=voc_devkit,
+        d=lambda wc: DETECTION["voc"],
     log:
         "logs/prepare/voc.log",
     shell:
-        "frelon prepare-voc {input}/VOCdevkit {output} --train {params.d[train]} --val {params.d[val]} > {log} 2>&1"
+        "frelon prepare-voc {params.devkit:q} {output} --train {params.d[train]} --val {params.d[val]} > {log} 2>&1"
 
 
 rule prepare_coco:
     input:
-        "data/raw/coco",
+        coco_root,
     output:
         directory("data/prepared/coco"),
     log:
         "logs/prepare/coco.log",
     shell:
-        "frelon prepare-coco {input} {output} > {log} 2>&1"
+        "frelon prepare-coco {input:q} {output} > {log} 2>&1"
 
 
 rule data:

@@ -7,10 +7,23 @@ rule study_table:
     output:
         csv="results/tables/{study}.csv",
         md="results/tables/{study}.md",
+    params:
+        references=study_references,
     log:
         "logs/table/{study}.log",
     shell:
-        "frelon table {input} --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "frelon table {input} --csv {output.csv} --md {output.md} --references {params.references:q} > {log} 2>&1"
+
+
+# `snakemake <study>`: one study's table, and only the data and runs it needs.
+for study in config["studies"]:
+
+    rule:
+        name:
+            study
+        input:
+            expand("results/tables/{study}.{ext}", study=study, ext=["csv", "md"]),
+        localrule: True
 
 
 rule metrics:

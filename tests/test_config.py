@@ -5,7 +5,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO
-from frelon.config import check_sources, validate
+from frelon.config import check_source, validate
 from frelon.errors import FrelonError
 
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -41,17 +41,17 @@ def test_a_wrong_type_is_named(demo):
 
 def test_an_undefined_dataset_is_named(demo):
     demo["studies"]["finetune"]["dataset"] = "wasps"
-    with pytest.raises(FrelonError, match="studies.finetune: dataset 'wasps' is not defined"):
+    with pytest.raises(FrelonError, match="studies.finetune: dataset 'wasps' is not defined under datasets or detection_data"):
         validate(demo, SCHEMA)
 
 
-def test_a_user_folder_without_class_subfolders_is_refused_at_load(demo, tmp_path):
+def test_a_user_folder_without_class_subfolders_is_refused_before_any_job_uses_it(demo, tmp_path):
     config = copy.deepcopy(demo)
     (tmp_path / "mine" / "absence").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "mine" / "absence" / "a.png")
     config["datasets"] = {"hornet": {**config["datasets"]["hornet"], "source": str(tmp_path / "mine")}}
     with pytest.raises(FrelonError, match="datasets.hornet.source: .*no presence/ subfolder"):
-        check_sources(config, pipeline_dir=tmp_path / "data")
+        check_source(config, "hornet", pipeline_dir=tmp_path / "data")
 
 
 def test_head_only_without_pretrained_weights_is_refused(demo):
@@ -107,7 +107,7 @@ def test_a_dataset_can_come_from_an_archive_and_the_spec_reads_its_augmented_cop
     demo["datasets"]["hornet"]["source"] = {"archive": {"url": "https://example.org/hornet.zip", "md5": "0" * 32},
                                             "subdir": "hornet"}
     config = validate(demo, SCHEMA)
-    check_sources(config)  # an archive is checked once extracted, not at start-up
+    check_source(config, "hornet")  # an archive is checked once extracted, not at start-up
     spec = resolve(config, "results/runs/finetune/pretrained-augmented")
     assert spec["data"]["dir"] == "data/augmented/hornet" and spec["data"]["augmented"] is True
     assert resolve(config, "results/runs/finetune/pretrained")["data"]["dir"] == "data/prepared/hornet"

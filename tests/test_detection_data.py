@@ -5,26 +5,15 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from frelon.data import archives, coco, voc
-from frelon.data.demo_detection import COCO_CATEGORIES, write_coco_archives, write_voc_archives
+from detection_fixtures import coco_folder, voc_devkit
+from frelon.data import coco, voc
+from frelon.data.demo_detection import COCO_CATEGORIES
 from frelon.evaluate.detection import STATS, coco_eval
 
 
 @pytest.fixture(scope="module")
 def devkit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voc")
-    for path in write_voc_archives(root / "archives", images_per_set=10).values():
-        archives.extract(path, root / "extracted" / path.stem)
-    # the three tars all extract to VOCdevkit/: merge them as a user who untars them in one place would
-    devkit = root / "VOCdevkit"
-    for part in sorted((root / "extracted").iterdir()):
-        for year in (part / "VOCdevkit").iterdir():
-            for sub in year.rglob("*"):
-                if sub.is_file():
-                    dest = devkit / year.name / sub.relative_to(year)
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    sub.replace(dest)
-    return devkit
+    return voc_devkit(tmp_path_factory.mktemp("voc"))
 
 
 def test_voc_to_coco_matches_every_xml_box_by_box(devkit):
@@ -64,13 +53,7 @@ def test_voc_test_set_and_a_missing_set_is_named(devkit):
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    (root / "coco").mkdir()
-    for name, path in write_coco_archives(root / "archives").items():
-        archives.extract(path, root / "parts" / name)
-        for item in (root / "parts" / name).iterdir():  # each zip holds one top folder
-            item.replace(root / "coco" / item.name)
-    return root / "coco"
+    return coco_folder(tmp_path_factory.mktemp("coco"))
 
 
 def test_coco_layout_index_and_training_targets_without_crowds(coco_root):
@@ -123,7 +106,7 @@ def test_prepare_voc_and_coco_write_the_splits_and_a_report(devkit, coco_root, t
     assert report["splits"]["train"]["images"] == 20 and report["splits"]["val"]["images"] == 10
     assert (tmp_path / "voc" / "train.json").exists() and (tmp_path / "voc" / "val.json").exists()
     report = coco.prepare(coco_root, tmp_path / "coco")
-    assert report["splits"]["train2017"]["images"] == 16 and report["splits"]["val2017"]["crowd_regions"] >= 0
+    assert report["splits"]["train2017"]["images"] == 16 and report["splits"]["val2017"]["crowd_or_difficult"] >= 0
     categories = json.loads((tmp_path / "coco" / "categories.json").read_text())
     assert [c["index"] for c in categories] == list(range(5)) and [c["id"] for c in categories] == [1, 3, 18, 44, 90]
     (coco_root / "val2017" / "000000000017.jpg").rename(tmp_path / "moved.jpg")

@@ -155,3 +155,45 @@ def test_demo_checkpointing_study_measures_every_policy(demo_run):
         assert saved["none"] > saved["layer2+layer4"] > saved["all"] and rows.saved_ratio["none"] == 1
         assert (rows.step_ms > 0).all() and (rows.max_batch >= rows.max_batch["none"]).all()
     assert (demo_run / "results" / "checkpointing" / "checkpointing.png").stat().st_size > 0
+
+
+def test_demo_detection_study_trains_centernet_on_voc_and_coco_and_scores_it_with_pycocotools(demo_run):
+    table = pd.read_csv(demo_run / "results" / "tables" / "detection.csv").set_index("experiment")
+    assert list(table.index) == ["voc-unet", "coco-unet"] and list(table.dataset) == ["voc", "coco"]
+    voc_images = json.loads((demo_run / "data" / "prepared" / "voc" / "report.json").read_text())["splits"]["val"]
+    assert table.loc["voc-unet", "n_val"] == voc_images["images"]
+    assert table.loc["voc-unet", "AP50"] > 0.5 and table.loc["coco-unet", "AP50"] > 0.5  # learnt, not chance
+    assert pd.notna(table.loc["voc-unet", "AP50_voc07"]) and pd.isna(table.loc["coco-unet", "AP50_voc07"])
+    for name in table.index:
+        run = demo_run / "results" / "runs" / "detection" / name
+        assert json.loads((run / "detections.json").read_text()) and (run / "predictions.png").stat().st_size > 0
+    metrics = json.loads((demo_run / "results" / "metrics.json").read_text())
+    assert metrics["detection"]["voc-unet"]["AP50"] == table.loc["voc-unet", "AP50"]
+
+
+def test_one_study_runs_without_the_data_of_the_others(tmp_path):
+    work = copy_workflow(tmp_path / "w")
+    config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
+    config["datasets"]["hornet"]["source"] = str(tmp_path / "no-such-folder")  # no hornet images at all
+    (work / "config" / "mine.yaml").write_text(yaml.safe_dump(config))
+    dry = ["snakemake", "-n", "--cores", "2", "--configfile", "config/mine.yaml"]
+    detection = run(dry[:2] + ["detection"] + dry[2:], cwd=work).stdout
+    assert "prepare_voc" in detection and "prepare_coco" in detection and "dataset=hornet" not in detection
+    everything = run(dry, cwd=work, check=False)
+    assert everything.returncode != 0 and "no-such-folder" in everything.stdout + everything.stderr
+    finetune = run(dry[:2] + ["finetune"] + dry[2:], cwd=work, check=False)
+    assert finetune.returncode != 0  # it needs the hornet images, and says where they are missing
+
+
+def test_a_vocdevkit_you_already_have_is_prepared_in_place_without_a_download(tmp_path):
+    from detection_fixtures import voc_devkit
+
+    work = copy_workflow(tmp_path / "w")
+    devkit = voc_devkit(tmp_path / "mine", images_per_set=4)
+    config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
+    config["detection_data"]["voc"] = {"devkit": str(devkit), "train": "2007:trainval,2012:trainval", "val": "2007:test"}
+    (work / "config" / "mine.yaml").write_text(yaml.safe_dump(config))
+    run(["snakemake", "--cores", "2", "data/prepared/voc", "--configfile", "config/mine.yaml"], cwd=work)
+    splits = json.loads((work / "data" / "prepared" / "voc" / "splits.json").read_text())
+    assert splits["val"]["images"] == str(devkit)
+    assert not (work / "data" / "archives").exists() and not (work / "data" / "raw").exists()

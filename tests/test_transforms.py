@@ -3,7 +3,7 @@
 import torch
 from torchvision.transforms import v2
 
-from frelon.data.transforms import apply, detection_transform
+from frelon.data.transforms import Letterbox, apply, detection_transform
 
 
 def picture():
@@ -23,7 +23,7 @@ def test_a_flip_moves_the_box_with_the_pixels():
 
 def test_training_augmentation_keeps_boxes_on_their_object_and_is_seeded_per_sample():
     image, boxes, labels = picture()
-    transform = detection_transform(64, train=True, options={"brightness": 0, "contrast": 0, "saturation": 0})
+    transform = detection_transform(Letterbox(60, 100, 64), train=True, options={"brightness": 0, "contrast": 0, "saturation": 0})
     checked = 0
     for index in range(20):
         out_image, target = apply(transform, image, boxes, labels, seed=0, epoch=1, index=index)
@@ -44,12 +44,21 @@ def test_training_augmentation_keeps_boxes_on_their_object_and_is_seeded_per_sam
     assert not torch.equal(a[0], c[0])
 
 
-def test_evaluation_only_resizes():
-    image, boxes, labels = picture()
-    out_image, target = apply(detection_transform(50, train=False), image, boxes, labels, seed=0, epoch=0, index=0)
+def test_evaluation_letterboxes_the_image_without_stretching_it():
+    image, boxes, labels = picture()  # 60 x 100: scaled by 0.5 to 30 x 50, centred with 10 rows above
+    letterbox = Letterbox(60, 100, 50)
+    out_image, target = apply(detection_transform(letterbox, train=False), image, boxes, labels, seed=0, epoch=0,
+                              index=0)
     assert out_image.shape == (3, 50, 50)
-    assert torch.allclose(target["boxes"], torch.tensor([[5.0, 5 * 50 / 60, 15.0, 25 * 50 / 60]]))
+    assert torch.allclose(target["boxes"], torch.tensor([[5.0, 12.5, 15.0, 22.5]]))
+    assert out_image[:, :10].max() == 0 and out_image[:, 40:].max() == 0  # padding, not picture
     assert target["labels"].tolist() == [3] and target["dropped"] == 0
+    assert torch.allclose(letterbox.to_original(target["boxes"]), torch.tensor([[10.0, 5.0, 30.0, 25.0]]))
+
+
+def test_boxes_mapped_back_are_clipped_to_the_original_image():
+    letterbox = Letterbox(60, 100, 50)
+    assert letterbox.to_original(torch.tensor([[-4.0, 0.0, 60.0, 50.0]])).tolist() == [[0.0, 0.0, 100.0, 60.0]]
 
 
 def test_a_box_pushed_out_of_the_picture_is_dropped_and_counted():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from frelon.errors import FrelonError
 
@@ -20,8 +21,12 @@ def _demo_data(args: argparse.Namespace) -> None:
         from frelon.data import demo_detection
         from frelon.data.sources import write_checksum
 
-        write = demo_detection.write_voc_archives if args.kind == "voc" else demo_detection.write_coco_archives
-        for path in write(args.out, seed=args.seed).values():
+        if args.kind == "voc":
+            written = demo_detection.write_voc_archives(args.out, args.images, args.size, seed=args.seed)
+        else:
+            written = demo_detection.write_coco_archives(args.out, args.images, max(1, args.images // 2), args.size,
+                                                         seed=args.seed)
+        for path in written.values():
             write_checksum(path)
 
 
@@ -99,6 +104,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return _launch(args, ["evaluate", args.spec, "--checkpoint", args.checkpoint, "--out", args.out])
 
 
+def _detect(args: argparse.Namespace) -> None:
+    from frelon.atomic import write_json
+    from frelon.report.detections import draw, save_grid
+    from frelon.tasks.detection.inference import detect
+
+    found = detect(args.checkpoint, args.images, flip_test=args.flip_test, min_score=args.min_score)
+    write_json(args.out, [d for _, _, detections in found for d in detections])
+    for path, image, detections in found:
+        print(f"{path}: " + (", ".join(f"{d['category']} {d['score']:.2f}" for d in detections) or "nothing"))
+        if args.draw:
+            save_grid([draw(image, [{**d, "name": d["category"]} for d in detections], min_score=args.min_score)],
+                      Path(args.draw) / f"{path.stem}.png", columns=1)
+
+
 def _export_weights(args: argparse.Namespace) -> None:
     from frelon.models.weights import export
 
@@ -108,14 +127,12 @@ def _export_weights(args: argparse.Namespace) -> None:
 def _table(args: argparse.Namespace) -> None:
     from frelon.report.tables import study_table, write_table
 
-    table = study_table(args.metrics)
+    table = study_table(args.metrics, json.loads(args.references) if args.references else None)
     write_table(table, args.csv, args.md)
     print(table.to_markdown(index=False))
 
 
 def _metrics(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from frelon.report.tables import write_metrics
 
     write_metrics({Path(p).stem: p for p in args.tables}, args.out)
@@ -132,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presence", type=int, default=140)
     p.add_argument("--absence", type=int, default=248)
     p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--images", type=int, default=12, help="voc: images per image set; coco: train images (val: half)")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_data)
@@ -204,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True)
         p.set_defaults(func=func)
 
+    p = sub.add_parser("detect", help="run a trained detector on images: COCO-style detections with class names")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model.pt of a detection run")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--out", required=True, metavar="DETECTIONS.json")
+    p.add_argument("--draw", metavar="DIR", help="also write each image with its boxes drawn, as DIR/<name>.png")
+    p.add_argument("--min-score", type=float, default=0.3, help="keep detections scoring at least this")
+    p.add_argument("--flip-test", action="store_true", help="average with the mirrored image (slower)")
+    p.set_defaults(func=_detect)
+
     p = sub.add_parser("export-weights", help="write a checkpoint's model as torchvision weights + .sha256")
     p.add_argument("checkpoint")
     p.add_argument("out")
@@ -213,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("metrics", nargs="+")
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
+    p.add_argument("--references", help="JSON {experiment: {value, metric, source}}: published numbers to show beside")
     p.set_defaults(func=_table)
 
     p = sub.add_parser("metrics", help="results/metrics.json for dvc from the study tables")

@@ -11,6 +11,11 @@ import yaml
 
 from frelon.errors import FrelonError
 
+# Rule names a study may not take: `snakemake <study>` builds that study's table.
+RESERVED_TARGETS = ("all", "data", "runs", "report", "metrics", "spec", "train", "evaluate", "study_table",
+                    "checkpointing_study", "fetch_weights", "fetch_archive", "extract", "prepare_dataset",
+                    "augment", "prepare_voc", "prepare_coco")
+
 
 def _where(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
@@ -44,6 +49,7 @@ def validate(config: dict, schema_path: str | os.PathLike) -> dict:
 def _check_references(config: dict) -> None:
     """Names used in studies must exist: datasets and weights entries; archives need distinct names."""
     datasets, weights = config["datasets"], config.get("weights", {})
+    detection = config.get("detection_data", {})
     for name in datasets:
         if name in config.get("detection_data", {}):
             raise FrelonError(f"config key datasets.{name}: the name {name!r} is taken by detection_data.{name} "
@@ -59,14 +65,20 @@ def _check_references(config: dict) -> None:
             raise FrelonError(f"config key {where}: two archives are both named {file!r} ({seen[file]} and "
                               f"{entry['url']}); each downloaded file needs its own name")
         seen[file] = entry["url"]
-    runs = [(f"studies.{s}", study["dataset"], part) for s, study in config["studies"].items()
+    for study in config["studies"]:
+        if study in RESERVED_TARGETS:
+            raise FrelonError(f"config key studies.{study}: the name {study!r} is taken by a pipeline target "
+                              f"({', '.join(RESERVED_TARGETS)}); rename the study")
+    runs = [(f"studies.{s}", part.get("dataset", study["dataset"]), part) for s, study in config["studies"].items()
             for part in [study, *study["experiments"].values()]]
     if "demo" in config:
         runs.append(("demo.pretrain", config["demo"]["pretrain"]["dataset"], config["demo"]["pretrain"]))
     for where, dataset, experiment in runs:
-        if dataset not in datasets:
-            raise FrelonError(f"config key {where}: dataset {dataset!r} is not defined under datasets "
-                              f"(defined: {', '.join(datasets)})")
+        if dataset in detection:
+            _check_detection_experiment(where, experiment)
+        elif dataset not in datasets:
+            raise FrelonError(f"config key {where}: dataset {dataset!r} is not defined under datasets or "
+                              f"detection_data (defined: {', '.join([*datasets, *detection])})")
         if experiment.get("augmented") and dataset not in config.get("augment", {}):
             raise FrelonError(f"config key {where}: augmented: true, but augment has no entry for {dataset!r}; "
                               f"add augment.{dataset} (e.g. {{multiplier: 4}}) or drop augmented")
@@ -76,17 +88,39 @@ def _check_references(config: dict) -> None:
                               f"(defined: {', '.join(weights) or 'none'})")
 
 
-def check_sources(config: dict, pipeline_dir: str | os.PathLike = "data") -> None:
-    """Check now, before any job, the dataset folders the user supplies (not those the pipeline writes)."""
+def _check_detection_experiment(where: str, experiment: dict) -> None:
+    """Keys that only mean something for classification are refused on a detection run."""
+    model = experiment.get("model", {})
+    wrong = [f"model.{k}" for k in ("head_only", "zero_init_residual") if model.get(k)]
+    wrong += ["augmented"] if experiment.get("augmented") else []
+    wrong += ["model.norm"] if model.get("norm", "batch") != "batch" else []
+    wrong += ["model.residual"] if model.get("residual") is False else []
+    if wrong:
+        raise FrelonError(f"config key {where}: {', '.join(wrong)} do not apply to a detection study (CenterNet "
+                          f"on a residual, batch-norm backbone; online augmentation under detection.augment); "
+                          f"remove them")
+
+
+def check_source(config: dict, name: str, pipeline_dir: str | os.PathLike = "data") -> None:
+    """Check, before any job uses it, a dataset folder the user supplies (not one the pipeline writes)."""
     from frelon.data.folder import scan
 
-    owned = Path(pipeline_dir).resolve()
-    for name, dataset in config["datasets"].items():
-        if isinstance(dataset["source"], str) and not Path(dataset["source"]).resolve().is_relative_to(owned):
-            try:
-                scan(dataset["source"], dataset["classes"])
-            except FrelonError as exc:
-                raise FrelonError(f"config key datasets.{name}.source: {exc}") from None
+    dataset = config["datasets"][name]
+    if isinstance(dataset["source"], str) and not Path(dataset["source"]).resolve().is_relative_to(
+            Path(pipeline_dir).resolve()):
+        try:
+            scan(dataset["source"], dataset["classes"])
+        except FrelonError as exc:
+            raise FrelonError(f"config key datasets.{name}.source: {exc}") from None
+
+
+def used_datasets(config: dict) -> list[str]:
+    """Datasets and detection sets that some study (or the demo's pretraining) trains on, in config order."""
+    used = {e.get("dataset", study["dataset"]) for study in config["studies"].values()
+            for e in study["experiments"].values()}
+    if "demo" in config:
+        used.add(config["demo"]["pretrain"]["dataset"])
+    return [name for name in [*config["datasets"], *config.get("detection_data", {})] if name in used]
 
 
 def archive_name(url: str) -> str:
@@ -102,5 +136,5 @@ def archive_entries(config: dict) -> list[tuple[str, dict]]:
     entries = [(f"datasets.{name}.source.archive", d["source"]["archive"])
                for name, d in config["datasets"].items() if isinstance(d["source"], dict)]
     for kind, section in config.get("detection_data", {}).items():
-        entries += [(f"detection_data.{kind}.archives[{i}]", a) for i, a in enumerate(section["archives"])]
+        entries += [(f"detection_data.{kind}.archives[{i}]", a) for i, a in enumerate(section.get("archives", []))]
     return entries

@@ -12,6 +12,10 @@ from frelon.train.schedules import scaled_lr
 RUNS_DIR = "results/runs"
 MODEL_DEFAULTS = {"arch": "resnet18", "weights": None, "norm": "batch", "residual": True,
                   "zero_init_residual": False, "head_only": False}
+# CenterNet (Zhou et al. 2019): max_objects 128 on COCO (VOC: 50), loss weights size 0.1 and offset 1,
+# top 100 peaks; min_overlap as CornerNet's radius rule (mmdetection uses 0.3)
+DETECTION_DEFAULTS = {"input_size": 512, "max_objects": 128, "min_overlap": 0.7,
+                      "flip_test": False, "top_k": 100, "size_weight": 0.1, "offset_weight": 1.0, "augment": {}}
 PRETRAIN_RUN = "data/demo/pretrain"
 
 
@@ -62,40 +66,45 @@ def _locate(config: dict, run: str) -> tuple[str, str, dict, dict]:
     if len(parts) != 2 or parts[0] not in studies or parts[1] not in studies[parts[0]]["experiments"]:
         raise FrelonError(f"{run} is not a run of this config: expected {RUNS_DIR}/<study>/<experiment>")
     study, name = parts
-    shared = {key: studies[study][key] for key in ("model", "train", "augmented") if key in studies[study]}
-    return f"{study}/{name}", studies[study]["dataset"], shared, studies[study]["experiments"][name]
+    shared = {key: studies[study][key] for key in ("model", "train", "augmented", "detection") if key in studies[study]}
+    experiment = studies[study]["experiments"][name]
+    return f"{study}/{name}", experiment.get("dataset", studies[study]["dataset"]), shared, experiment
 
 
 def resolve(config: dict, run: str) -> dict:
     """The spec of the run in folder `run`."""
     experiment, dataset_name, shared, overrides = _locate(config, run)
-    dataset = config["datasets"][dataset_name]
     train = _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {}))
     model = _merge(_merge(MODEL_DEFAULTS, shared.get("model", {})), overrides.get("model", {}))
-    if model["head_only"] and not model["weights"]:
-        raise FrelonError(f"{experiment}: model.head_only trains a new head on a pretrained backbone; "
-                          f"set model.weights to a weights entry, or head_only: false")
-    augmented = overrides.get("augmented", shared.get("augmented", False))
     global_batch = train["batch_size"] * train["world_size"] * train["accumulate"]
     train["global_batch"] = global_batch
     train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])
                    if train["lr_scaling"] == "linear" else train["base_lr"])
+    spec = {"experiment": experiment, "seed": config["seed"], "device": config.get("device", "auto"), "output": run,
+            "train": train}
+    weights = config["weights"].get(model["weights"], {})
+    model["weights_path"] = weights_path(model["weights"]) if model["weights"] else None
+    if dataset_name in config.get("detection_data", {}):
+        detection = _merge(_merge(DETECTION_DEFAULTS, shared.get("detection", {})), overrides.get("detection", {}))
+        model.setdefault("decoder", "deconv")
+        return {**spec, "task": "detection", "model": model, "detection": detection, "data": {
+            "dir": prepared_dir(dataset_name), "kind": dataset_name, "augmented": False,
+            "preprocessing": {"input_size": detection["input_size"], "letterbox": True,
+                              "mean": list(weights.get("mean", IMAGENET_MEAN)),
+                              "std": list(weights.get("std", IMAGENET_STD))}}}
+    if model["head_only"] and not model["weights"]:
+        raise FrelonError(f"{experiment}: model.head_only trains a new head on a pretrained backbone; "
+                          f"set model.weights to a weights entry, or head_only: false")
+    dataset = config["datasets"][dataset_name]
+    augmented = overrides.get("augmented", shared.get("augmented", False))
     return {
-        "experiment": experiment,
+        **spec,
         "task": "classification",
-        "seed": config["seed"],
-        "device": config.get("device", "auto"),
-        "output": run,
         "data": {
             "dir": augmented_dir(dataset_name) if augmented else prepared_dir(dataset_name),
             "augmented": augmented,
             "classes": list(dataset["classes"]),
-            "preprocessing": preprocessing(dataset, config["weights"].get(model["weights"], {})),
+            "preprocessing": preprocessing(dataset, weights),
         },
-        "model": {
-            **model,
-            "num_classes": len(dataset["classes"]),
-            "weights_path": weights_path(model["weights"]) if model["weights"] else None,
-        },
-        "train": train,
+        "model": {**model, "num_classes": len(dataset["classes"])},
     }

@@ -49,34 +49,61 @@ class CategoryIndex:
         return self.ids[index]
 
 
+def _clip(box: list[float], width: int, height: int) -> list[float]:
+    """An `[x, y, w, h]` box cut to the image; zero width or height when nothing is left inside."""
+    x, y, w, h = box
+    x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
+    return [x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0)]
+
+
 def training_targets(annotation_file: str | os.PathLike) -> tuple[CategoryIndex, dict[int, dict]]:
     """Per image: file name, size, boxes `[x, y, w, h]` and contiguous labels of its non-crowd
-    objects; crowd regions and boxes without area are left out of training targets (and counted)."""
+    objects. Crowd regions (and VOC's difficult objects, stored as crowd) stay out of training
+    targets; boxes reaching outside the image are clipped, and boxes without area (from the start,
+    or after clipping) are dropped: each of these is counted per image."""
     coco = json.loads(Path(annotation_file).read_text())
+    if not coco.get("images") or not coco.get("categories"):
+        raise FrelonError(f"{annotation_file} lists no images or no categories: an empty or truncated annotation "
+                          f"file; extract or convert it again")
     index = CategoryIndex(coco["categories"])
     images = {im["id"]: {"file_name": im["file_name"], "width": im["width"], "height": im["height"],
-                         "boxes": [], "labels": [], "crowd": 0, "empty_boxes": 0} for im in coco["images"]}
-    for ann in coco["annotations"]:
+                         "boxes": [], "labels": [], "crowd": 0, "empty_boxes": 0, "clipped": 0}
+              for im in coco["images"]}
+    for ann in coco.get("annotations", []):
         image = images.get(ann["image_id"])
         if image is None:
             raise FrelonError(f"{annotation_file}: annotation {ann['id']} refers to image {ann['image_id']}, "
                               f"which the file does not list")
+        if ann["category_id"] not in index.ids:
+            raise FrelonError(f"{annotation_file}: annotation {ann['id']} has category id {ann['category_id']}, "
+                              f"which the file's categories do not list ({index.ids})")
         if ann.get("iscrowd", 0):
             image["crowd"] += 1
             continue
-        x, y, w, h = ann["bbox"]
-        if w <= 0 or h <= 0:  # a few COCO boxes have no area: nothing to learn from, counted
+        box = _clip(ann["bbox"], image["width"], image["height"])
+        if box[2] <= 0 or box[3] <= 0:  # no area inside the image: nothing to learn from, counted
             image["empty_boxes"] += 1
             continue
-        image["boxes"].append([x, y, w, h])
+        image["clipped"] += box != [float(v) for v in ann["bbox"]]
+        image["boxes"].append(box)
         image["labels"].append(index.index(ann["category_id"]))
     return index, images
 
 
+def summary(images: dict[int, dict]) -> dict[str, int]:
+    """What `training_targets` kept, left out and mended, for a prepared set's report."""
+    return {"images": len(images), "objects": sum(len(im["labels"]) for im in images.values()),
+            "crowd_or_difficult": sum(im["crowd"] for im in images.values()),
+            "boxes_without_area": sum(im["empty_boxes"] for im in images.values()),
+            "boxes_clipped_to_image": sum(im["clipped"] for im in images.values()),
+            "images_without_objects": sum(not im["labels"] for im in images.values())}
+
+
 def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> dict:
     """Check an extracted COCO folder and write `out_dir`: `<split>.json` (the annotations, as
-    published: results are scored against them), `categories.json` (training index -> id, name) and
-    `report.json` (images, objects, crowd regions, boxes without area, per split)."""
+    published: results are scored against them), `categories.json` (training index -> id, name),
+    `splits.json` (where each split's annotations and images are) and `report.json` (images, objects,
+    crowd regions, boxes without area or clipped to the image, per split)."""
     import shutil
 
     from frelon.atomic import atomic_dir, write_json
@@ -92,11 +119,9 @@ def prepare(root: str | os.PathLike, out_dir: str | os.PathLike, splits: tuple[s
                 raise FrelonError(f"{len(missing)} image(s) listed in {annotation_file} are not in {Path(root) / split}, "
                                   f"e.g. {missing[:3]}; extract {split}.zip completely")
             shutil.copyfile(annotation_file, work / f"{split}.json")
-            report["splits"][split] = {
-                "images": len(images), "objects": sum(len(im["labels"]) for im in images.values()),
-                "crowd_regions": sum(im["crowd"] for im in images.values()),
-                "boxes_without_area": sum(im["empty_boxes"] for im in images.values()),
-                "images_without_objects": sum(not im["labels"] for im in images.values())}
+            report["splits"][split] = summary(images)
+        write_json(work / "splits.json", {name: {"annotations": f"{split}.json", "images": str(Path(root) / split)}
+                                          for name, split in zip(("train", "val"), files)})
         write_json(work / "categories.json", [{"index": i, "id": cid, "name": name}
                                               for i, (cid, name) in enumerate(zip(index.ids, index.names))])
         write_json(work / "report.json", report)

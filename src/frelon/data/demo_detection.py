@@ -36,14 +36,24 @@ COCO_CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"},
 COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 200, 30), (160, 60, 200), (30, 200, 200)]
 
 
-def _scene(rng: random.Random, width: int, height: int, n_objects: int, n_classes: int):
-    """An image with `n_objects` filled shapes; boxes as inclusive 0-based pixel bounds."""
+def _overlaps(box: tuple[int, int, int, int], objects: list[tuple]) -> bool:
+    x0, y0, x1, y1 = box
+    return any(x0 <= b[3] and b[1] <= x1 and y0 <= b[4] and b[2] <= y1 for b in objects)
+
+
+def _scene(rng: random.Random, width: int, height: int, n_objects: int, n_classes: int, attempts: int = 10):
+    """An image with up to `n_objects` filled shapes that do not overlap (an object hidden under
+    another would be annotated but invisible); boxes as inclusive 0-based pixel bounds."""
     image = Image.new("RGB", (width, height), tuple(rng.randint(90, 140) for _ in range(3)))
     draw = ImageDraw.Draw(image)
-    objects = []
-    for _ in range(n_objects):
+    objects: list[tuple] = []
+    for _ in range(n_objects * attempts):
+        if len(objects) == n_objects:
+            break
         w, h = rng.randint(width // 6, width // 2), rng.randint(height // 6, height // 2)
         x0, y0 = rng.randint(0, width - w), rng.randint(0, height - h)
+        if _overlaps((x0, y0, x0 + w - 1, y0 + h - 1), objects):
+            continue
         label = rng.randrange(n_classes)
         shape = draw.rectangle if label % 2 == 0 else draw.ellipse
         shape([x0, y0, x0 + w - 1, y0 + h - 1], fill=COLOURS[label % len(COLOURS)])

@@ -1,14 +1,18 @@
 """Online, box-aware augmentation for detection, with `torchvision.transforms.v2`.
 
-The CenterNet recipe: random scale (0.6-1.3) and shift, horizontal flip, colour jitter, then the
-network's square input size. Boxes (`tv_tensors.BoundingBoxes`) move with the pixels; boxes pushed
-out of the image or squeezed to nothing are dropped with their labels (`SanitizeBoundingBoxes`)
-and counted. Each sample draws from a generator seeded by (seed, epoch, index), so a sample gets
-the same augmentation on whichever rank or loader worker reads it, and a resumed run sees what
-the uninterrupted one saw.
+Every image first goes into the network's square input by a *letterbox*: scaled so that its longer
+side fits, aspect ratio kept, centred, the rest padded with black (CenterNet's affine input never
+stretches an image). Training then applies the CenterNet recipe: random scale (0.6-1.3) and shift
+of that square, horizontal flip, colour jitter. Boxes (`tv_tensors.BoundingBoxes`) move with the
+pixels; boxes pushed out of the image or squeezed to nothing are dropped with their labels
+(`SanitizeBoundingBoxes`) and counted. Each sample draws from a generator seeded by (seed, epoch,
+index), so a sample gets the same augmentation on whichever rank or loader worker reads it, and a
+resumed run sees what the uninterrupted one saw.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torchvision import tv_tensors
@@ -20,16 +24,54 @@ DETECTION_DEFAULTS = {"scale": [0.6, 1.3], "translate": 0.2, "flip": 0.5, "brigh
                       "saturation": 0.4, "hue": 0.0}
 
 
-def detection_transform(size: int, train: bool, options: dict | None = None) -> v2.Compose:
-    """uint8 image + XYWH boxes in, float image (size x size) + XYXY boxes out."""
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image of `height` x `width` lies in the `size` x `size` input: resized to
+    `new_height` x `new_width` (aspect kept), its top-left corner at (`left`, `top`)."""
+
+    height: int
+    width: int
+    size: int
+
+    @property
+    def new_height(self) -> int:
+        return max(1, round(self.height * self.size / max(self.height, self.width)))
+
+    @property
+    def new_width(self) -> int:
+        return max(1, round(self.width * self.size / max(self.height, self.width)))
+
+    @property
+    def left(self) -> int:
+        return (self.size - self.new_width) // 2
+
+    @property
+    def top(self) -> int:
+        return (self.size - self.new_height) // 2
+
+    def transforms(self) -> list:
+        right, bottom = self.size - self.new_width - self.left, self.size - self.new_height - self.top
+        return [v2.Resize((self.new_height, self.new_width), antialias=True),
+                v2.Pad([self.left, self.top, right, bottom], fill=0)]
+
+    def to_original(self, boxes: torch.Tensor) -> torch.Tensor:
+        """XYXY boxes in input pixels -> the original image's pixels, clipped to the image."""
+        scale = torch.tensor([self.new_width / self.width, self.new_height / self.height] * 2, dtype=boxes.dtype)
+        shift = torch.tensor([self.left, self.top] * 2, dtype=boxes.dtype)
+        out = (boxes - shift) / scale
+        limit = torch.tensor([self.width, self.height] * 2, dtype=boxes.dtype)
+        return torch.minimum(out.clamp(min=0), limit)
+
+
+def detection_transform(letterbox: Letterbox, train: bool, options: dict | None = None) -> v2.Compose:
+    """uint8 image + XYWH boxes in, float image (size x size, in [0, 1]) + XYXY boxes out."""
     o = {**DETECTION_DEFAULTS, **(options or {})}
-    steps: list = [v2.ConvertBoundingBoxFormat("XYXY")]
+    steps: list = [v2.ConvertBoundingBoxFormat("XYXY"), *letterbox.transforms()]
     if train:
         steps += [v2.RandomAffine(degrees=0, translate=(o["translate"], o["translate"]), scale=tuple(o["scale"])),
                   v2.RandomHorizontalFlip(o["flip"]),
                   v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"])]
-    steps += [v2.Resize((size, size), antialias=True), v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1),
-              v2.ToDtype(torch.float32, scale=True)]
+    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1), v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose(steps)
 
 

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from frelon.atomic import atomic_dir, write_json
+from frelon.data.coco import summary, training_targets
 from frelon.errors import FrelonError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -103,7 +104,8 @@ def write_coco(devkit: str | os.PathLike, sets: list[tuple[str, str]], out: str 
 
 def prepare(devkit: str | os.PathLike, out_dir: str | os.PathLike, train_sets: str, val_sets: str) -> dict:
     """`out_dir/{train,val}.json` (COCO format) from a VOCdevkit folder, e.g. train 2007:trainval,2012:trainval
-    and val 2007:test, plus `report.json` (images, objects, difficult objects per split)."""
+    and val 2007:test, `splits.json` (where each split's annotations and images are) and `report.json`
+    (images, objects, difficult objects, mended boxes per split)."""
 
     devkit, out_dir = Path(devkit), Path(out_dir)
     report = {"devkit": str(devkit), "splits": {}}
@@ -114,8 +116,9 @@ def prepare(devkit: str | os.PathLike, out_dir: str | os.PathLike, train_sets: s
             if missing:
                 raise FrelonError(f"{len(missing)} image(s) of {sets} are missing from {devkit}, e.g. {missing[:3]}; "
                                   f"extract the archives completely")
-            report["splits"][split] = {"sets": sets, "images": len(coco["images"]),
-                                       "objects": len(coco["annotations"]),
-                                       "difficult": sum(a["iscrowd"] for a in coco["annotations"])}
+            _, images = training_targets(work / f"{split}.json")
+            report["splits"][split] = {"sets": sets, **summary(images)}
+        write_json(work / "splits.json", {split: {"annotations": f"{split}.json", "images": str(devkit)}
+                                          for split in ("train", "val")})
         write_json(work / "report.json", report)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -27,3 +28,9 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, split: str, world: World) -> dict:
         """Metrics of the split, every sample counted once across ranks."""
+
+    def classes(self) -> list[dict]:
+        """`{id, name}` of each output class, in output order: saved with the trained model."""
+
+    def write_outputs(self, model: nn.Module, result: dict, run_dir: Path) -> None:
+        """Files beside a run's metrics (and the entries of `result` that are not metrics, taken out)."""

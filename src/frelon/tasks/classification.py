@@ -41,6 +41,12 @@ class ClassificationTask:
         logits = model(x)
         return self.loss_fn(logits, y), {"samples": torch.tensor(len(y)), "accuracy": (logits.argmax(1) == y).sum()}
 
+    def classes(self) -> list[dict]:
+        return [{"id": i, "name": name} for i, name in enumerate(self.spec["data"]["classes"])]
+
+    def write_outputs(self, model: nn.Module, result: dict, run_dir: Path) -> None:
+        """Everything a classifier reports is in its metrics."""
+
     def evaluate(self, model: nn.Module, split: str, world: World) -> dict:
         dataset = self.dataset(split)
         return metrics(confusion_matrix(model, dataset, self.num_classes, world), dataset.classes)

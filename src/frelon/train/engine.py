@@ -221,7 +221,8 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                 if save_now:
                     save_state()
                 tick = time.perf_counter()
-            end_epoch(time.perf_counter() - epoch_start, validate=True)
+            val_every = cfg.get("val_every", 1)
+            end_epoch(time.perf_counter() - epoch_start, validate=bool(val_every) and (epoch + 1) % val_every == 0)
             epoch, batch_in_epoch = epoch + 1, 0
             if epoch < cfg["epochs"]:
                 save_state()
@@ -235,7 +236,7 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
         preemption.restore()
         history.close()
     if world.is_main:
-        torch_save({"model": model.state_dict(), "spec": spec, "epochs": cfg["epochs"],
+        torch_save({"model": model.state_dict(), "spec": spec, "epochs": cfg["epochs"], "classes": task.classes(),
                     "preprocessing": spec["data"]["preprocessing"], "diverged": diverged,
                     "train_seconds": history.train_seconds()}, out / "model.pt")
         shutil.rmtree(state_dir(spec), ignore_errors=True)  # resumable state is for unfinished runs only

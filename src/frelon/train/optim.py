@@ -1,4 +1,4 @@
-"""Optimizers from the config: SGD (momentum, Nesterov) or AdamW, no weight decay on norms and biases."""
+"""Optimizers from the config: SGD (momentum, Nesterov), Adam or AdamW, no weight decay on norms and biases."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     name = cfg.get("optimizer", "sgd")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg.get("nesterov", False))
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))))
-    raise FrelonError(f"train.optimizer {name!r} is unknown: choose sgd or adamw")
+    if name in ("adam", "adamw"):  # adam: L2 on the decayed group (CenterNet trains with weight_decay 0)
+        adam = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return adam(groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))))
+    raise FrelonError(f"train.optimizer {name!r} is unknown: choose sgd, adam or adamw")

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
@@ -37,6 +38,7 @@ def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) ->
     model.load_state_dict(state["model"])
     result = task.evaluate(model.to(world.device), "test", world)
     if world.is_main:
+        task.write_outputs(model, result, Path(out).parent)
         print(f"{spec['experiment']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                                                    if isinstance(v, float)), flush=True)
         write_json(out, {"experiment": spec["experiment"], "split": "test",

@@ -1,0 +1,70 @@
+"""`frelon detect`: a trained detector on your own images, with the preprocessing it was trained with."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from frelon.data.coco import CategoryIndex
+from frelon.data.transforms import Letterbox, apply, detection_transform
+from frelon.errors import FrelonError
+from frelon.tasks.detection.task import build_model, predict, to_results
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_files(inputs: list[str | os.PathLike]) -> list[Path]:
+    """The images named, and those inside the folders named (sorted), in the order given."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FrelonError(f"{item} does not exist: name image files or folders of images")
+    if not files:
+        raise FrelonError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
+    return files
+
+
+def load_detector(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict, CategoryIndex]:
+    """The trained CenterNet of a detection run's model.pt, its preprocessing and its classes."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    task = state.get("spec", {}).get("task")
+    if task != "detection":
+        raise FrelonError(f"{checkpoint} is a {task or 'unknown'} model, not a detector: give the model.pt of a "
+                          f"detection run (results/runs/<detection study>/<experiment>/model.pt)")
+    if state.get("diverged"):
+        raise FrelonError(f"{checkpoint} diverged during training (iteration {state['diverged']['step']}): "
+                          f"its weights are not finite")
+    model = build_model(state["spec"]["model"], len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state["preprocessing"], CategoryIndex(state["classes"])
+
+
+def detect(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], flip_test: bool = False,
+           min_score: float = 0.3, top_k: int = 100) -> list[tuple[Path, torch.Tensor, list[dict]]]:
+    """(file, image, detections with class names) for every image; boxes in the image's own pixels."""
+    model, pre, categories = load_detector(checkpoint)
+    mean, std = torch.tensor(pre["mean"]).view(3, 1, 1), torch.tensor(pre["std"]).view(3, 1, 1)
+    names = dict(zip(categories.ids, categories.names))
+    found = []
+    for image_id, path in enumerate(image_files(inputs), start=1):
+        try:
+            with Image.open(path) as opened:  # a photo as its camera meant it: EXIF orientation applied
+                image = pil_to_tensor(ImageOps.exif_transpose(opened).convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise FrelonError(f"{path} is not a readable image ({exc})") from None
+        letterbox = Letterbox(image.shape[-2], image.shape[-1], pre["input_size"])
+        x, _ = apply(detection_transform(letterbox, train=False), image, [], [], seed=0, epoch=0, index=0)
+        boxes, scores, labels = predict(model, ((x - mean) / std)[None], flip_test, top_k)
+        results = [{"file_name": str(path), **r, "category": names[r["category_id"]]}
+                   for r in to_results(boxes[0], scores[0], labels[0], image_id, letterbox, categories)
+                   if r["score"] >= min_score]
+        found.append((path, image, results))
+    return found

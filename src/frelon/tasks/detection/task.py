@@ -1,0 +1,131 @@
+"""CenterNet detection as a task of the one engine: model, data, loss, and COCO mAP over every image once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from frelon.atomic import write_json
+from frelon.data.coco import CategoryIndex
+from frelon.evaluate.detection import coco_eval, voc07_ap50
+from frelon.models.centernet import CenterNet
+from frelon.models.weights import load_pretrained
+from frelon.tasks.detection.data import DetectionSet, collate
+from frelon.tasks.detection.decode import decode, heatmap_probabilities, merge_flip
+from frelon.tasks.detection.loss import centernet_loss
+from frelon.train.distributed import World, all_gather_objects, shard
+
+PICTURE_IMAGES = 8  # validation images in a run's picture
+
+
+def build_model(model_spec: dict, num_classes: int) -> CenterNet:
+    return CenterNet(num_classes, arch=model_spec["arch"], norm=model_spec["norm"], decoder=model_spec["decoder"])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, flip_test: bool, top_k: int):
+    """Boxes (XYXY, input pixels), scores and contiguous labels of the top-k peaks of each image."""
+    outputs = model(images)
+    outputs = merge_flip(outputs, model(images.flip(-1))) if flip_test else heatmap_probabilities(outputs)
+    boxes, scores, labels = decode(outputs["heatmap"].float(), outputs["size"].float(), outputs["offset"].float(),
+                                   k=top_k)
+    return boxes * CenterNet.stride, scores, labels
+
+
+def to_results(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image_id: int, letterbox,
+               categories: CategoryIndex) -> list[dict]:
+    """One image's detections as COCO results: original pixels, `[x, y, w, h]`, the dataset's category ids."""
+    xyxy = letterbox.to_original(boxes.cpu().double())
+    wh = xyxy[:, 2:] - xyxy[:, :2]
+    keep = (wh > 0).all(1)
+    return [{"image_id": image_id, "category_id": categories.category_id(int(label)),
+             "bbox": [round(v, 2) for v in (*box[:2].tolist(), *size.tolist())], "score": round(float(score), 5)}
+            for box, size, score, label in zip(xyxy[keep], wh[keep], scores.cpu()[keep], labels.cpu()[keep])]
+
+
+class DetectionTask:
+    collate = staticmethod(collate)
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.settings = spec["detection"]
+        self._sets: dict[tuple[str, bool], DetectionSet] = {}
+
+    def dataset(self, split: str, train: bool = False) -> DetectionSet:
+        """The prepared set's `train` or `val` split (`test` is `val`: VOC07 test, COCO val2017)."""
+        split = "train" if split == "train" else "val"
+        if (split, train) not in self._sets:
+            data = self.spec["data"]
+            self._sets[split, train] = DetectionSet(data["dir"], split, data["preprocessing"], self.settings,
+                                                    train=train, seed=self.spec["seed"])
+        return self._sets[split, train]
+
+    def classes(self) -> list[dict]:
+        categories = self.dataset("val").categories
+        return [{"id": cid, "name": name} for cid, name in zip(categories.ids, categories.names)]
+
+    def build_model(self, pretrained: bool) -> nn.Module:
+        m = self.spec["model"]
+        model = build_model(m, self.dataset("val").num_classes)
+        if pretrained and m["weights_path"]:
+            load_pretrained(model.backbone, m["weights_path"])
+        return model
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, targets = batch
+        loss, terms = centernet_loss(model(images), targets, self.settings["size_weight"],
+                                     self.settings["offset_weight"])
+        n = len(images)
+        return loss, {"samples": torch.tensor(n), **{k: v.float() * n for k, v in terms.items()},
+                      "dropped_boxes": targets["dropped"].sum()}
+
+    def detect(self, model: nn.Module, dataset: DetectionSet, indices: list[int], device: torch.device) -> list[dict]:
+        """COCO results for the images `indices` of `dataset`."""
+        was_training = model.training
+        model.eval()
+        results: list[dict] = []
+        loader = DataLoader(Subset(dataset, indices), batch_size=self.spec["train"]["batch_size"], collate_fn=collate,
+                            num_workers=self.spec["train"].get("workers", 0))
+        for images, index in loader:
+            boxes, scores, labels = predict(model, images.to(device), self.settings["flip_test"],
+                                            self.settings["top_k"])
+            for i, b, s, lab in zip(index, boxes, scores, labels):
+                results += to_results(b, s, lab, dataset.ids[i], dataset.letterbox(i), dataset.categories)
+        model.train(was_training)
+        return results
+
+    def evaluate(self, model: nn.Module, split: str, world: World) -> dict:
+        """COCO's 12 numbers (and VOC07 AP50 for VOC) of the split, each image detected on one rank only."""
+        dataset = self.dataset(split)
+        mine = self.detect(model, dataset, shard(len(dataset), world), world.device)
+        detections = [d for part in all_gather_objects(mine) for d in part]
+        scores = None
+        if world.is_main:
+            scores = {"n": len(dataset), **coco_eval(dataset.annotations, detections, quiet=True)}
+            if self.spec["data"]["kind"] == "voc":
+                scores["AP50_voc07"] = voc07_ap50(dataset.annotations, detections)["AP50_voc07"]
+        scores = all_gather_objects(scores)[0]  # every rank records the same numbers
+        return {**scores, "detections": detections if world.is_main else []}
+
+    def write_outputs(self, model: nn.Module, result: dict, run_dir: Path) -> None:
+        """`detections.json` (COCO results) and `predictions.png` (validation images, true boxes green,
+        predictions red) beside the metrics."""
+        from frelon.report.detections import draw, save_grid
+
+        detections = result.pop("detections")
+        write_json(run_dir / "detections.json", detections)
+        dataset = self.dataset("val")
+        names = dict(zip(dataset.categories.ids, dataset.categories.names))
+        pictures = []
+        for i in range(min(PICTURE_IMAGES, len(dataset))):
+            info, image_id = dataset.images[i], dataset.ids[i]
+            truths = [{"bbox": box, "name": dataset.categories.names[label]}
+                      for box, label in zip(info["boxes"], info["labels"])]
+            predictions = [{"bbox": d["bbox"], "score": d["score"], "name": names[d["category_id"]]}
+                           for d in detections if d["image_id"] == image_id]
+            pictures.append(draw(dataset.read(i), predictions, truths))
+        save_grid(pictures, run_dir / "predictions.png")
+

@@ -1,0 +1,199 @@
+"""CenterNet through the one engine: training, evaluation across ranks, outputs, `frelon detect`, bad input."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from detection_fixtures import coco_folder, detection_spec, prepared_voc
+from frelon.data import coco
+from frelon.errors import FrelonError
+from frelon.evaluate.detection import STATS
+from frelon.tasks.detection.task import DetectionTask
+from frelon.train import distributed, engine, worker
+from frelon.train.distributed import World
+from test_distributed_eval import free_port
+
+CPU = World(0, 1, 0, torch.device("cpu"))
+TRAIN = dict(epochs=2, batch_size=8, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return prepared_voc(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    spec = detection_spec(prepared, out, **TRAIN)
+    engine.fit(DetectionTask(spec), spec, CPU)
+    return out
+
+
+def test_a_detection_run_logs_each_loss_term_beside_the_total_and_saves_its_classes(trained):
+    history = pd.read_csv(trained / "history.csv")
+    assert list(history.epoch) == [1, 2]
+    for term in ("train_loss", "train_heatmap_loss", "train_size_loss", "train_offset_loss"):
+        assert (history[term] > 0).all(), term
+    total = history.train_heatmap_loss + 0.1 * history.train_size_loss + history.train_offset_loss
+    assert history.train_loss.tolist() == pytest.approx(total.tolist(), rel=1e-4)
+    state = torch.load(trained / "model.pt", weights_only=True)
+    assert [c["name"] for c in state["classes"]][:2] == ["aeroplane", "bicycle"] and len(state["classes"]) == 20
+    assert state["preprocessing"]["input_size"] == 64 and state["preprocessing"]["letterbox"] is True
+
+
+def test_evaluation_gives_cocos_twelve_numbers_and_voc07_ap50_and_writes_detections_and_a_picture(trained, tmp_path):
+    spec = json.loads((trained / "spec.json").read_text())
+    out = tmp_path / "metrics.json"
+    worker.evaluate(spec, str(trained / "model.pt"), str(out), CPU)
+    metrics = json.loads(out.read_text())
+    assert set(STATS) | {"AP50_voc07", "n"} <= set(metrics) and metrics["n"] == 8 and "detections" not in metrics
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    gt = json.loads(open(os.path.join(spec["data"]["dir"], "val.json")).read())
+    assert {d["image_id"] for d in detections} <= {im["id"] for im in gt["images"]}
+    assert {d["category_id"] for d in detections} <= set(range(1, 21))
+    for d in detections:  # original image pixels, inside the image
+        image = next(im for im in gt["images"] if im["id"] == d["image_id"])
+        x, y, w, h = d["bbox"]
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= image["width"] + 1e-6
+    assert Image.open(tmp_path / "predictions.png").size[0] > 64
+
+
+def _evaluate_rank(rank, port, spec, checkpoint, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    world = distributed.init("cpu")
+    try:
+        task = DetectionTask(spec)
+        model = task.build_model(pretrained=False)
+        model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        torch.save(task.evaluate(model, "test", world), f"{out}.{rank}")
+    finally:
+        distributed.shutdown()
+
+
+def test_two_gloo_ranks_detect_each_image_once_and_score_as_one_process(trained, tmp_path):
+    spec = json.loads((trained / "spec.json").read_text())
+    task = DetectionTask(spec)
+    model = task.build_model(pretrained=False)
+    model.load_state_dict(torch.load(trained / "model.pt", weights_only=True)["model"])
+    alone = task.evaluate(model, "test", CPU)
+    mp.spawn(_evaluate_rank, args=(free_port(), spec, str(trained / "model.pt"), str(tmp_path / "r")), nprocs=2,
+             join=True)
+    rank0, rank1 = torch.load(tmp_path / "r.0"), torch.load(tmp_path / "r.1")
+    key = lambda d: (d["image_id"], d["category_id"], d["score"], tuple(d["bbox"]))
+    assert sorted(map(key, rank0["detections"])) == sorted(map(key, alone["detections"]))
+    assert rank1["detections"] == []  # gathered and scored once, on rank 0
+    for name in (*STATS, "AP50_voc07", "n"):
+        assert rank0[name] == rank1[name] == pytest.approx(alone[name], abs=1e-6), name
+
+
+def test_frelon_detect_finds_objects_in_a_folder_with_class_names_and_draws_them(trained, prepared, tmp_path):
+    from frelon.cli import main
+
+    images = json.loads((prepared / "splits.json").read_text())["val"]["images"]
+    val = json.loads((prepared / "val.json").read_text())["images"][:2]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for image in val:
+        Image.open(os.path.join(images, image["file_name"])).save(folder / image["file_name"].rsplit("/", 1)[1])
+    assert main(["detect", str(trained / "model.pt"), str(folder), "--out", str(tmp_path / "d.json"),
+                 "--draw", str(tmp_path / "drawn"), "--min-score", "0"]) == 0
+    found = json.loads((tmp_path / "d.json").read_text())
+    assert {d["file_name"] for d in found} == {str(p) for p in folder.iterdir()}
+    assert all(d["category"] in ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+                                 "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+                                 "sheep", "sofa", "train", "tvmonitor") for d in found)
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 2
+
+
+def test_frelon_detect_refuses_a_classifier_checkpoint(tmp_path):
+    from frelon.tasks.detection.inference import load_detector
+
+    torch.save({"model": {}, "spec": {"task": "classification"}}, tmp_path / "model.pt")
+    with pytest.raises(FrelonError, match="is a classification model, not a detector"):
+        load_detector(tmp_path / "model.pt")
+
+
+def test_an_image_with_more_objects_than_max_objects_is_named(prepared, tmp_path):
+    spec = detection_spec(prepared, tmp_path, **TRAIN)
+    spec["detection"]["max_objects"] = 1
+    with pytest.raises(FrelonError, match=r"JPEGImages/.*\.jpg has [23] objects, more than detection.max_objects = 1"):
+        DetectionTask(spec).dataset("train", train=True)
+
+
+def test_a_missing_image_is_named_with_the_fix(prepared, tmp_path):
+    import shutil
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    splits = json.loads((copy / "splits.json").read_text())
+    shutil.copytree(splits["val"]["images"], tmp_path / "devkit")
+    splits["val"]["images"] = str(tmp_path / "devkit")
+    (copy / "splits.json").write_text(json.dumps(splits))
+    first = json.loads((copy / "val.json").read_text())["images"][0]["file_name"]
+    (tmp_path / "devkit" / first).unlink()
+    spec = detection_spec(copy, tmp_path / "run", **TRAIN)
+    with pytest.raises(FrelonError, match=f"{first} is missing .*extract the dataset completely"):
+        DetectionTask(spec).dataset("val")[0]
+
+
+def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted_and_unknown_categories_refused(tmp_path):
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 50, "height": 40}],
+          "categories": [{"id": 7, "name": "wasp"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [40, 30, 20, 20], "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 7, "bbox": [60, 0, 5, 5], "iscrowd": 0},
+                          {"id": 3, "image_id": 1, "category_id": 7, "bbox": [5, 5, 0, 5], "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    _, images = coco.training_targets(tmp_path / "gt.json")
+    assert images[1]["boxes"] == [[40.0, 30.0, 10.0, 10.0]]
+    assert coco.summary(images)["boxes_clipped_to_image"] == 1 and coco.summary(images)["boxes_without_area"] == 2
+    gt["annotations"][0]["category_id"] = 8
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with pytest.raises(FrelonError, match="category id 8, which the file's categories do not list"):
+        coco.training_targets(tmp_path / "gt.json")
+    (tmp_path / "gt.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(FrelonError, match="lists no images or no categories"):
+        coco.training_targets(tmp_path / "gt.json")
+
+
+def test_a_coco_run_scores_against_the_original_category_ids(tmp_path):
+    root = coco_folder(tmp_path / "c")
+    coco.prepare(root, tmp_path / "prepared")
+    spec = detection_spec(tmp_path / "prepared", tmp_path / "run", epochs=1, batch_size=8)
+    spec["data"]["kind"] = "coco"
+    task = DetectionTask(spec)
+    engine.fit(task, spec, CPU)
+    model = task.build_model(pretrained=False)
+    model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"])
+    result = task.evaluate(model, "test", CPU)
+    assert "AP50_voc07" not in result and result["n"] == 8
+    assert {d["category_id"] for d in result["detections"]} <= {1, 3, 18, 44, 90}
+
+
+@pytest.mark.slow
+def test_a_killed_detection_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared, tmp_path):
+    import psutil
+
+    from test_engine_distributed import assert_same_model, train, wait_for_state
+
+    settings = dict(epochs=3, batch_size=4, checkpoint_every=2, log_every=1)
+    detection_spec(prepared, tmp_path / "whole", **settings)
+    whole = train(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+    detection_spec(prepared, tmp_path / "killed", **settings)
+    proc = train(tmp_path / "killed")
+    wait_for_state(tmp_path / "killed", 4, proc)
+    for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+        process.kill()
+    proc.wait()
+    resumed = train(tmp_path / "killed")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and "resumed from" in output, output
+    assert_same_model(torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["model"],
+                      torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"])

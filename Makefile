@@ -26,6 +26,7 @@ test: install
 bench: install
 	python bench/engine_throughput.py
 	python bench/checkpointing.py
+	python bench/centernet.py --size 256 --batches 1 8 --iterations 5 --train-batch 4 --steps 5
 
 # The GPU check, one call on a machine with one GPU (about 8 minutes): exactness tests on the GPU, the
 # checkpointing benchmark and course study, engine throughput; logs and tables under bench/out/.

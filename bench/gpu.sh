@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, in one go on a machine with one GPU (about 8 minutes on an H200):
+# The GPU check, in one go on a machine with one GPU (about 8 minutes on an H200 before step 6 was added):
 #
 #   make bench-gpu                         # with the project's .venv where there is one
 #   PYTHON=python3 OUT=/tmp/gpu bash bench/gpu.sh   # with a Python that already has torch
@@ -11,7 +11,9 @@
 #    CenterNet at 512) -> $OUT/checkpointing.{csv,md,png};
 # 4. bench/checkpointing_profile.py: host against kernel time of a checkpointed step, batches 64, 256;
 # 5. bench/engine_throughput.py in bf16 with channels-last (epochs long enough, about 1.5 s on an
-#    H200, that the per-epoch costs of both loops do not decide the ratio).
+#    H200, that the per-epoch costs of both loops do not decide the ratio);
+# 6. bench/centernet.py: CenterNet inference with decoding at 512, batch 1 and 32 (beside the paper's
+#    142 FPS), and 200 training steps of each decoder (deconv, dcn, unet) at 512, batch 32, bf16.
 # Each step has its own time limit and log under $OUT; the exit status is 1 when any step failed.
 set -u
 PY=${PYTHON:-python3}
@@ -47,6 +49,7 @@ run_study(settings, "cuda", f"{out}/checkpointing.csv", f"{out}/checkpointing.md
 step checkpointing_profile "${PROFILE_LIMIT:-120}" "$PY" bench/checkpointing_profile.py --device cuda --batches 64 256
 step engine_throughput "${ENGINE_LIMIT:-180}" "$PY" bench/engine_throughput.py --device cuda --precision bf16 \
     --channels-last --images 12000 --size 128 --batch 128 --workers 4 --epochs 3
+step centernet "${CENTERNET_LIMIT:-240}" "$PY" bench/centernet.py --device cuda --steps 200
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "GPU check: failed: ${failed[*]}"

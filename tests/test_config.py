@@ -7,6 +7,7 @@ from PIL import Image
 from conftest import REPO
 from frelon.config import check_source, validate
 from frelon.errors import FrelonError
+from frelon.models import IMAGENET_MEAN, IMAGENET_STD
 
 SCHEMA = REPO / "config" / "schema.yaml"
 
@@ -125,3 +126,32 @@ def test_the_shipped_configs_repeat_no_key():
 
     for name in ("config.yaml", "demo.yaml", "schema.yaml"):
         yaml.load((REPO / "config" / name).read_text(), Loader=Strict)
+
+
+def test_a_detection_study_refuses_classification_keys_and_a_classifier_refuses_a_decoder(demo):
+    wrong = copy.deepcopy(demo)
+    wrong["studies"]["detection"]["experiments"]["voc-unet"] = {"model": {"head_only": True}}
+    with pytest.raises(FrelonError, match=r"studies.detection: model.head_only do not apply to a detection study"):
+        validate(wrong, SCHEMA)
+    wrong = copy.deepcopy(demo)
+    wrong["studies"]["finetune"]["experiments"]["random"]["model"]["decoder"] = "unet"
+    with pytest.raises(FrelonError, match="detection and model.decoder apply to detection studies"):
+        validate(wrong, SCHEMA)
+
+
+def test_a_study_may_not_take_the_name_of_a_pipeline_target(demo):
+    demo["studies"]["report"] = demo["studies"].pop("finetune")
+    with pytest.raises(FrelonError, match="studies.report: the name 'report' is taken by a pipeline target"):
+        validate(demo, SCHEMA)
+
+
+def test_a_detection_experiment_resolves_to_a_letterboxed_centernet_spec_on_its_own_dataset(demo):
+    from frelon.spec import resolve
+
+    config = validate(demo, SCHEMA)
+    spec = resolve(config, "results/runs/detection/coco-unet")
+    assert spec["task"] == "detection" and spec["data"]["dir"] == "data/prepared/coco" and spec["data"]["kind"] == "coco"
+    assert spec["model"]["decoder"] == "unet" and spec["detection"]["max_objects"] == 128
+    assert spec["data"]["preprocessing"] == {"input_size": 64, "letterbox": True, "mean": list(IMAGENET_MEAN),
+                                             "std": list(IMAGENET_STD)}
+    assert spec["train"]["optimizer"] == "adam" and spec["train"]["lr"] == pytest.approx(3e-3)

@@ -51,7 +51,7 @@ def _check_references(config: dict) -> None:
     datasets, weights = config["datasets"], config.get("weights", {})
     detection = config.get("detection_data", {})
     for name in datasets:
-        if name in config.get("detection_data", {}):
+        if name in detection:
             raise FrelonError(f"config key datasets.{name}: the name {name!r} is taken by detection_data.{name} "
                               f"(both would be prepared into data/prepared/{name}); rename the dataset")
     for name in config.get("augment", {}):
@@ -79,6 +79,9 @@ def _check_references(config: dict) -> None:
         elif dataset not in datasets:
             raise FrelonError(f"config key {where}: dataset {dataset!r} is not defined under datasets or "
                               f"detection_data (defined: {', '.join([*datasets, *detection])})")
+        elif "detection" in experiment or "decoder" in experiment.get("model", {}):
+            raise FrelonError(f"config key {where}: detection and model.decoder apply to detection studies "
+                              f"(dataset voc or coco), not to {dataset!r}; remove them")
         if experiment.get("augmented") and dataset not in config.get("augment", {}):
             raise FrelonError(f"config key {where}: augmented: true, but augment has no entry for {dataset!r}; "
                               f"add augment.{dataset} (e.g. {{multiplier: 4}}) or drop augmented")

@@ -80,7 +80,7 @@ class DetectionTask:
                                      self.settings["offset_weight"])
         n = len(images)
         return loss, {"samples": torch.tensor(n), **{k: v.float() * n for k, v in terms.items()},
-                      "dropped_boxes": targets["dropped"].sum()}
+                      "dropped_boxes": targets["dropped"].sum() + targets["skipped"].sum()}  # out of the picture
 
     def detect(self, model: nn.Module, dataset: DetectionSet, indices: list[int], device: torch.device) -> list[dict]:
         """COCO results for the images `indices` of `dataset`."""

@@ -1,0 +1,122 @@
+"""CenterNet speed: inference with decoding, and training steps of each decoder.
+
+    python bench/centernet.py --size 128 --steps 3                       # CPU: does it run
+    python bench/centernet.py --device cuda                              # GPU: the numbers
+
+Inference: images/s of the whole detector (network, 3x3 max-pool peaks, top-100, boxes) at
+`--size` (512), batch 1 and 32, bf16 on GPU, beside the paper's 142 FPS for ResDCN-18 on a
+Titan Xp (7 ms per image at 512, batch 1; Zhou et al. 2019, a reference, not measured here).
+Training: `--steps` Adam steps (focal + L1 + L1 on targets of random boxes) of each decoder,
+images/s and peak memory. Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from frelon.evaluate.memory import device_name
+from frelon.models.centernet import DECODERS, CenterNet
+from frelon.tasks.detection.loss import centernet_loss
+from frelon.tasks.detection.targets import build_targets
+from frelon.tasks.detection.task import predict
+
+PAPER_FPS = 142  # ResDCN-18 at 512, Titan Xp, batch 1 (Zhou et al. 2019)
+CLASSES = 80
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model(decoder: str, device: torch.device) -> CenterNet:
+    torch.manual_seed(0)
+    return CenterNet(CLASSES, decoder=decoder).to(device, memory_format=torch.channels_last)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def inference(decoder: str, batch: int, size: int, iterations: int, device: torch.device) -> dict:
+    model = _model(decoder, device).eval()
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    with _autocast(device):
+        for _ in range(3):
+            predict(model, x, flip_test=False, top_k=100)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            predict(model, x, flip_test=False, top_k=100)
+        _sync(device)
+    seconds = (time.perf_counter() - start) / iterations
+    return {"bench": "centernet_inference", "decoder": decoder, "size": size, "batch": batch,
+            "ms_per_batch": round(1000 * seconds, 2), "images_per_second": round(batch / seconds, 1),
+            "paper_fps_resdcn18_titan_xp": PAPER_FPS, "device": device_name(device)}
+
+
+def _targets(batch: int, size: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    per_image = []
+    for _ in range(batch):
+        xy = torch.rand(8, 2, generator=g) * size * 0.7
+        wh = 16 + torch.rand(8, 2, generator=g) * size * 0.3
+        per_image.append(build_targets(torch.cat([xy, xy + wh], 1).clamp(max=size - 1),
+                                       torch.randint(0, CLASSES, (8,), generator=g), CLASSES, (size, size)))
+    return {k: torch.stack([t[k] for t in per_image]).to(device) for k in per_image[0]}
+
+
+def training(decoder: str, batch: int, size: int, steps: int, device: torch.device) -> dict:
+    model = _model(decoder, device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.25e-4)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    targets = _targets(batch, size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        with _autocast(device):
+            loss, _ = centernet_loss(model(x), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(min(3, steps)):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"bench": "centernet_training", "decoder": decoder, "size": size, "batch": batch, "steps": steps,
+            "images_per_second": round(batch / seconds, 1), "peak_memory_mb": peak and round(peak, 1),
+            "device": device_name(device)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="inference batch sizes")
+    parser.add_argument("--iterations", type=int, default=50, help="timed inference batches")
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=200, help="timed training steps per decoder")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    for decoder in DECODERS:
+        for batch in args.batches:
+            print(json.dumps(inference(decoder, batch, args.size, args.iterations, device)), flush=True)
+    for decoder in DECODERS:
+        print(json.dumps(training(decoder, args.train_batch, args.size, args.steps, device)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -55,7 +55,8 @@ def data_config(work, server, **hornet_options):
             (root / name).read_bytes(), usedforsecurity=False).hexdigest()}
             for name in ("train2017.zip", "val2017.zip", "annotations_trainval2017.zip")]}}
     config["augment"] = {"hornet": {"multiplier": 2}}
-    config["studies"] = {"finetune": {"dataset": "hornet", "experiments": {"random": {"model": {"weights": None}}}}}
+    config["studies"] = {"finetune": {"dataset": "hornet", "experiments": {"random": {"model": {"weights": None}}}},
+                         "detection": {"dataset": "voc", "experiments": {"voc": {}, "coco": {"dataset": "coco"}}}}
     path = work / "config" / "data.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

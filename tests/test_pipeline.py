@@ -66,7 +66,7 @@ def test_a_second_run_does_nothing(demo_run):
 def user_config(work, hornet, weights_file, sha256):
     """A config for a user's own data: a hornet folder and a local weights file."""
     config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
-    del config["demo"], config["detection_data"]  # the demo's generated archives are not the user's
+    del config["demo"], config["detection_data"], config["studies"]["detection"]  # no VOC/COCO of the user's
     config["datasets"] = {"hornet": {**config["datasets"]["hornet"], "source": str(hornet)}}
     config["weights"] = {"resnet18": {"url": f"file://{weights_file}", "sha256": sha256}}
     path = work / "config" / "mine.yaml"

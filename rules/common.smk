@@ -8,6 +8,10 @@ from frelon import spec as frelon_spec
 
 RUN = r"results/runs/[^/]+/[^/]+|data/demo/pretrain"
 DETECTION = config.get("detection_data", {})
+# Run folders of detection experiments (their evaluation writes more files); a regex that matches nothing if none
+DETECTION_RUNS = "|".join(
+    re.escape(run) for run in frelon_spec.all_runs(config) if frelon_spec.task_of(config, run) == "detection"
+) or "(?!)"
 # Every archive of the config by its file name: data/archives/<file>
 ARCHIVES = {frelon_config.archive_name(entry["url"]): entry for _, entry in frelon_config.archive_entries(config)}
 

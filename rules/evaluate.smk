@@ -7,15 +7,28 @@ rule evaluate:
         spec="{run}/spec.json",
         model="{run}/model.pt",
     output:
-        "{run}/metrics.json",
+        metrics="{run}/metrics.json",
     threads: run_world_size
     resources:
         gpu=run_gpus,
     log:
         "{run}/evaluate.log",
     shell:
-        "frelon evaluate {input.spec} --checkpoint {input.model} --out {output}"
+        "frelon evaluate {input.spec} --checkpoint {input.model} --out {output.metrics}"
         " --threads {threads} > {log} 2>&1"
+
+
+# A detection run also writes its detections (COCO results) and a picture of validation images.
+use rule evaluate as evaluate_detection with:
+    output:
+        metrics="{run}/metrics.json",
+        detections="{run}/detections.json",
+        picture="{run}/predictions.png",
+    wildcard_constraints:
+        run=DETECTION_RUNS,
+
+
+ruleorder: evaluate_detection > evaluate
 
 
 rule runs:

@@ -152,6 +152,16 @@ def test_a_detection_experiment_resolves_to_a_letterboxed_centernet_spec_on_its_
     spec = resolve(config, "results/runs/detection/coco-unet")
     assert spec["task"] == "detection" and spec["data"]["dir"] == "data/prepared/coco" and spec["data"]["kind"] == "coco"
     assert spec["model"]["decoder"] == "unet" and spec["detection"]["max_objects"] == 128
-    assert spec["data"]["preprocessing"] == {"input_size": 64, "letterbox": True, "mean": list(IMAGENET_MEAN),
+    assert spec["data"]["preprocessing"] == {"input_size": 64, "mean": list(IMAGENET_MEAN),
                                              "std": list(IMAGENET_STD)}
     assert spec["train"]["optimizer"] == "adam" and spec["train"]["lr"] == pytest.approx(3e-3)
+
+
+def test_a_classification_spec_keeps_its_key_order_so_an_upgrade_retrains_nothing(demo):
+    """Snakemake compares the spec rule's params as text: a new key order would rerun every training job."""
+    from frelon.spec import resolve
+
+    spec = resolve(validate(demo, SCHEMA), "results/runs/finetune/pretrained")
+    assert list(spec) == ["experiment", "task", "seed", "device", "output", "data", "model", "train"]
+    assert list(spec["model"]) == ["arch", "weights", "norm", "residual", "zero_init_residual", "head_only",
+                                   "num_classes", "weights_path"]

@@ -44,7 +44,7 @@ def test_a_detection_run_logs_each_loss_term_beside_the_total_and_saves_its_clas
     assert history.train_loss.tolist() == pytest.approx(total.tolist(), rel=1e-4)
     state = torch.load(trained / "model.pt", weights_only=True)
     assert [c["name"] for c in state["classes"]][:2] == ["aeroplane", "bicycle"] and len(state["classes"]) == 20
-    assert state["preprocessing"]["input_size"] == 64 and state["preprocessing"]["letterbox"] is True
+    assert state["preprocessing"]["input_size"] == 64
 
 
 def test_evaluation_gives_cocos_twelve_numbers_and_voc07_ap50_and_writes_detections_and_a_picture(trained, tmp_path):

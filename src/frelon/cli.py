@@ -109,7 +109,8 @@ def _detect(args: argparse.Namespace) -> None:
     from frelon.report.detections import draw, save_grid
     from frelon.tasks.detection.inference import detect
 
-    found = detect(args.checkpoint, args.images, flip_test=args.flip_test, min_score=args.min_score)
+    found = detect(args.checkpoint, args.images, flip_test=args.flip_test, min_score=args.min_score,
+                   device=args.device)
     write_json(args.out, [d for _, _, detections in found for d in detections])
     for path, image, detections in found:
         print(f"{path}: " + (", ".join(f"{d['category']} {d['score']:.2f}" for d in detections) or "nothing"))
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", metavar="DIR", help="also write each image with its boxes drawn, as DIR/<name>.png")
     p.add_argument("--min-score", type=float, default=0.3, help="keep detections scoring at least this")
     p.add_argument("--flip-test", action="store_true", help="average with the mirrored image (slower)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=_detect)
 
     p = sub.add_parser("export-weights", help="write a checkpoint's model as torchvision weights + .sha256")

@@ -12,9 +12,10 @@ import yaml
 from frelon.errors import FrelonError
 
 # Rule names a study may not take: `snakemake <study>` builds that study's table.
-RESERVED_TARGETS = ("all", "data", "runs", "report", "metrics", "spec", "train", "evaluate", "study_table",
-                    "checkpointing_study", "fetch_weights", "fetch_archive", "extract", "prepare_dataset",
-                    "augment", "prepare_voc", "prepare_coco")
+RESERVED_TARGETS = ("all", "data", "runs", "report", "metrics", "spec", "train", "evaluate", "evaluate_detection",
+                    "study_table", "checkpointing_study", "fetch_weights", "fetch_archive", "extract",
+                    "prepare_dataset", "augment", "prepare_voc", "prepare_coco", "demo_hornet", "demo_source",
+                    "demo_voc", "demo_coco", "demo_export_weights")
 
 
 def _where(path: Any) -> str:

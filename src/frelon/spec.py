@@ -14,8 +14,12 @@ MODEL_DEFAULTS = {"arch": "resnet18", "weights": None, "norm": "batch", "residua
                   "zero_init_residual": False, "head_only": False}
 # CenterNet (Zhou et al. 2019): max_objects 128 on COCO (VOC: 50), loss weights size 0.1 and offset 1,
 # top 100 peaks; min_overlap as CornerNet's radius rule (mmdetection uses 0.3)
-DETECTION_DEFAULTS = {"input_size": 512, "max_objects": 128, "min_overlap": 0.7,
-                      "flip_test": False, "top_k": 100, "size_weight": 0.1, "offset_weight": 1.0, "augment": {}}
+# and its augmentation: the crop's side a random 0.6-1.3 of the image's, shifted up to 0.2, flipped half
+# the time, colour jitter 0.4 (the paper's PCA lighting is not applied)
+AUGMENT_DEFAULTS = {"scale": [0.6, 1.3], "translate": 0.2, "flip": 0.5, "brightness": 0.4, "contrast": 0.4,
+                    "saturation": 0.4, "hue": 0.0}
+DETECTION_DEFAULTS = {"input_size": 512, "max_objects": 128, "min_overlap": 0.7, "flip_test": False, "top_k": 100,
+                      "size_weight": 0.1, "offset_weight": 1.0, "augment": AUGMENT_DEFAULTS}
 PRETRAIN_RUN = "data/demo/pretrain"
 
 
@@ -71,6 +75,11 @@ def _locate(config: dict, run: str) -> tuple[str, str, dict, dict]:
     return f"{study}/{name}", experiment.get("dataset", studies[study]["dataset"]), shared, experiment
 
 
+def task_of(config: dict, run: str) -> str:
+    """`detection` for a run on a detection_data set, else `classification`."""
+    return "detection" if _locate(config, run)[1] in config.get("detection_data", {}) else "classification"
+
+
 def resolve(config: dict, run: str) -> dict:
     """The spec of the run in folder `run`."""
     experiment, dataset_name, shared, overrides = _locate(config, run)
@@ -80,31 +89,35 @@ def resolve(config: dict, run: str) -> dict:
     train["global_batch"] = global_batch
     train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])
                    if train["lr_scaling"] == "linear" else train["base_lr"])
-    spec = {"experiment": experiment, "seed": config["seed"], "device": config.get("device", "auto"), "output": run,
-            "train": train}
     weights = config["weights"].get(model["weights"], {})
-    model["weights_path"] = weights_path(model["weights"]) if model["weights"] else None
-    if dataset_name in config.get("detection_data", {}):
+    path = weights_path(model["weights"]) if model["weights"] else None
+    if task_of(config, run) == "detection":
         detection = _merge(_merge(DETECTION_DEFAULTS, shared.get("detection", {})), overrides.get("detection", {}))
-        model.setdefault("decoder", "deconv")
-        return {**spec, "task": "detection", "model": model, "detection": detection, "data": {
-            "dir": prepared_dir(dataset_name), "kind": dataset_name, "augmented": False,
-            "preprocessing": {"input_size": detection["input_size"], "letterbox": True,
-                              "mean": list(weights.get("mean", IMAGENET_MEAN)),
-                              "std": list(weights.get("std", IMAGENET_STD))}}}
+        return {"experiment": experiment, "task": "detection", "seed": config["seed"],
+                "device": config.get("device", "auto"), "output": run,
+                "data": {"dir": prepared_dir(dataset_name), "kind": dataset_name, "augmented": False,
+                         "preprocessing": {"input_size": detection["input_size"],
+                                           "mean": list(weights.get("mean", IMAGENET_MEAN)),
+                                           "std": list(weights.get("std", IMAGENET_STD))}},
+                "model": {"decoder": "deconv", **model, "weights_path": path}, "detection": detection, "train": train}
     if model["head_only"] and not model["weights"]:
         raise FrelonError(f"{experiment}: model.head_only trains a new head on a pretrained backbone; "
                           f"set model.weights to a weights entry, or head_only: false")
     dataset = config["datasets"][dataset_name]
     augmented = overrides.get("augmented", shared.get("augmented", False))
+    # Keys in this order: Snakemake compares the spec rule's params as text, so a new order would retrain every run
     return {
-        **spec,
+        "experiment": experiment,
         "task": "classification",
+        "seed": config["seed"],
+        "device": config.get("device", "auto"),
+        "output": run,
         "data": {
             "dir": augmented_dir(dataset_name) if augmented else prepared_dir(dataset_name),
             "augmented": augmented,
             "classes": list(dataset["classes"]),
             "preprocessing": preprocessing(dataset, weights),
         },
-        "model": {**model, "num_classes": len(dataset["classes"])},
+        "model": {**model, "num_classes": len(dataset["classes"]), "weights_path": path},
+        "train": train,
     }

@@ -48,6 +48,9 @@ class CategoryIndex:
     def category_id(self, index: int) -> int:
         return self.ids[index]
 
+    def name(self, category_id: int) -> str:
+        return self.names[self._index[category_id]]
+
 
 def _clip(box: list[float], width: int, height: int) -> list[float]:
     """An `[x, y, w, h]` box cut to the image; zero width or height when nothing is left inside."""

@@ -19,9 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from frelon.data.dataset import sample_seed
-
-DETECTION_DEFAULTS = {"scale": [0.6, 1.3], "translate": 0.2, "flip": 0.5, "brightness": 0.4, "contrast": 0.4,
-                      "saturation": 0.4, "hue": 0.0}
+from frelon.spec import AUGMENT_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -65,10 +63,13 @@ class Letterbox:
 
 def detection_transform(letterbox: Letterbox, train: bool, options: dict | None = None) -> v2.Compose:
     """uint8 image + XYWH boxes in, float image (size x size, in [0, 1]) + XYXY boxes out."""
-    o = {**DETECTION_DEFAULTS, **(options or {})}
+    o = {**AUGMENT_DEFAULTS, **(options or {})}
     steps: list = [v2.ConvertBoundingBoxFormat("XYXY"), *letterbox.transforms()]
     if train:
-        steps += [v2.RandomAffine(degrees=0, translate=(o["translate"], o["translate"]), scale=tuple(o["scale"])),
+        # `scale` is the side of the crop taken, as a fraction of the image's (CenterNet's s): a crop of
+        # 0.6 fills the input, so the picture is zoomed by 1 / 0.6; RandomAffine's scale is that zoom
+        zoom = (1 / o["scale"][1], 1 / o["scale"][0])
+        steps += [v2.RandomAffine(degrees=0, translate=(o["translate"], o["translate"]), scale=zoom),
                   v2.RandomHorizontalFlip(o["flip"]),
                   v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"])]
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1), v2.ToDtype(torch.float32, scale=True)]

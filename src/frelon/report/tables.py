@@ -75,7 +75,7 @@ def _row(metrics_path: Path) -> dict:
         "lr": train["lr"],
         "warmup_epochs": train["lr_schedule"].get("warmup_epochs", 0),
         "n_test": metrics.get("n"),
-        **{column: _score(metrics[column.removeprefix("test_")]) for column in METRIC_COLUMNS},
+        **{column: _score(metrics.get(column.removeprefix("test_"))) for column in METRIC_COLUMNS},
         **_timing(metrics, history),
     }
 

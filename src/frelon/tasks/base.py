@@ -32,5 +32,5 @@ class Task(Protocol):
     def classes(self) -> list[dict]:
         """`{id, name}` of each output class, in output order: saved with the trained model."""
 
-    def write_outputs(self, model: nn.Module, result: dict, run_dir: Path) -> None:
+    def write_outputs(self, result: dict, run_dir: Path) -> None:
         """Files beside a run's metrics (and the entries of `result` that are not metrics, taken out)."""

@@ -44,7 +44,7 @@ class ClassificationTask:
     def classes(self) -> list[dict]:
         return [{"id": i, "name": name} for i, name in enumerate(self.spec["data"]["classes"])]
 
-    def write_outputs(self, model: nn.Module, result: dict, run_dir: Path) -> None:
+    def write_outputs(self, result: dict, run_dir: Path) -> None:
         """Everything a classifier reports is in its metrics."""
 
     def evaluate(self, model: nn.Module, split: str, world: World) -> dict:

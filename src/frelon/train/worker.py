@@ -26,19 +26,19 @@ def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) ->
     if state.get("preprocessing") != spec["data"]["preprocessing"]:
         raise FrelonError(f"{checkpoint} was trained with preprocessing {state.get('preprocessing')} but "
                           f"{spec['output']}/spec.json says {spec['data']['preprocessing']}; retrain it")
+    task = tasks.build(spec)
     if state.get("diverged"):
         if world.is_main:
             print(f"{spec['experiment']}: diverged at iteration {state['diverged']['step']}; not scored")
+            task.write_outputs({"detections": []}, Path(out).parent)
             write_json(out, {"experiment": spec["experiment"], "split": "test", "diverged": state["diverged"],
-                             "train_seconds": state["train_seconds"], "accuracy": None,
-                             "balanced_accuracy": None})
+                             "train_seconds": state["train_seconds"]})
         return
-    task = tasks.build(spec)
     model = task.build_model(pretrained=False)
     model.load_state_dict(state["model"])
     result = task.evaluate(model.to(world.device), "test", world)
     if world.is_main:
-        task.write_outputs(model, result, Path(out).parent)
+        task.write_outputs(result, Path(out).parent)
         print(f"{spec['experiment']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                                                    if isinstance(v, float)), flush=True)
         write_json(out, {"experiment": spec["experiment"], "split": "test",

@@ -48,7 +48,7 @@ class DetectionSet(Dataset):
         self.mean = torch.tensor(preprocessing["mean"]).view(3, 1, 1)
         self.std = torch.tensor(preprocessing["std"]).view(3, 1, 1)
         self.settings, self.train, self.seed, self.epoch = settings, train, seed, 0
-        crowded = next((im for im in self.images if len(im["labels"]) > settings["max_objects"]), None)
+        crowded = train and next((im for im in self.images if len(im["labels"]) > settings["max_objects"]), None)
         if crowded:
             raise FrelonError(f"{self.image_root / crowded['file_name']} has {len(crowded['labels'])} objects, more "
                               f"than detection.max_objects = {settings['max_objects']}; raise max_objects")

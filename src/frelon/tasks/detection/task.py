@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 
 from frelon.atomic import write_json
 from frelon.data.coco import CategoryIndex
+from frelon.errors import FrelonError
 from frelon.evaluate.detection import coco_eval, voc07_ap50
 from frelon.models.centernet import CenterNet
 from frelon.models.weights import load_pretrained
@@ -59,8 +60,13 @@ class DetectionTask:
         split = "train" if split == "train" else "val"
         if (split, train) not in self._sets:
             data = self.spec["data"]
-            self._sets[split, train] = DetectionSet(data["dir"], split, data["preprocessing"], self.settings,
-                                                    train=train, seed=self.spec["seed"])
+            dataset = DetectionSet(data["dir"], split, data["preprocessing"], self.settings, train=train,
+                                   seed=self.spec["seed"])
+            if split == "train" and dataset.categories.ids != self.dataset("val").categories.ids:
+                raise FrelonError(f"{dataset.annotations} and {self.dataset('val').annotations} list different "
+                                  f"categories; a network's outputs need one list: prepare both splits from one "
+                                  f"dataset")
+            self._sets[split, train] = dataset
         return self._sets[split, train]
 
     def classes(self) -> list[dict]:
@@ -80,7 +86,8 @@ class DetectionTask:
                                      self.settings["offset_weight"])
         n = len(images)
         return loss, {"samples": torch.tensor(n), **{k: v.float() * n for k, v in terms.items()},
-                      "dropped_boxes": targets["dropped"].sum() + targets["skipped"].sum()}  # out of the picture
+                      # per image (epoch means divide by the images): boxes the augmentation pushed out of the picture
+                      "dropped_boxes_per_image": targets["dropped"].sum() + targets["skipped"].sum()}
 
     def detect(self, model: nn.Module, dataset: DetectionSet, indices: list[int], device: torch.device) -> list[dict]:
         """COCO results for the images `indices` of `dataset`."""
@@ -110,21 +117,20 @@ class DetectionTask:
         scores = all_gather_objects(scores)[0]  # every rank records the same numbers
         return {**scores, "detections": detections if world.is_main else []}
 
-    def write_outputs(self, model: nn.Module, result: dict, run_dir: Path) -> None:
+    def write_outputs(self, result: dict, run_dir: Path) -> None:
         """`detections.json` (COCO results) and `predictions.png` (validation images, true boxes green,
-        predictions red) beside the metrics."""
+        predictions red) beside the metrics; a diverged run's have no detections."""
         from frelon.report.detections import draw, save_grid
 
         detections = result.pop("detections")
         write_json(run_dir / "detections.json", detections)
         dataset = self.dataset("val")
-        names = dict(zip(dataset.categories.ids, dataset.categories.names))
         pictures = []
         for i in range(min(PICTURE_IMAGES, len(dataset))):
             info, image_id = dataset.images[i], dataset.ids[i]
             truths = [{"bbox": box, "name": dataset.categories.names[label]}
                       for box, label in zip(info["boxes"], info["labels"])]
-            predictions = [{"bbox": d["bbox"], "score": d["score"], "name": names[d["category_id"]]}
+            predictions = [{"bbox": d["bbox"], "score": d["score"], "name": dataset.categories.name(d["category_id"])}
                            for d in detections if d["image_id"] == image_id]
             pictures.append(draw(dataset.read(i), predictions, truths))
         save_grid(pictures, run_dir / "predictions.png")

@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 from PIL import Image
+from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from frelon.data.coco import training_targets
 from frelon.data.transforms import Letterbox, apply, detection_transform
 from frelon.errors import FrelonError
+from frelon.models.centernet import CenterNet
 from frelon.tasks.detection.targets import build_targets
 
 
@@ -88,7 +89,7 @@ class DetectionSet(Dataset):
         if not self.train:
             return image, i
         targets = build_targets(target["boxes"], target["labels"], self.num_classes, (self.size, self.size),
-                                stride=4, max_objects=self.settings["max_objects"],
+                                stride=CenterNet.stride, max_objects=self.settings["max_objects"],
                                 min_overlap=self.settings["min_overlap"])
         targets["dropped"] = torch.tensor(target["dropped"])
         return image, targets

@@ -31,8 +31,7 @@ def predict(model: nn.Module, images: torch.Tensor, flip_test: bool, top_k: int)
     """Boxes (XYXY, input pixels), scores and contiguous labels of the top-k peaks of each image."""
     outputs = model(images)
     outputs = merge_flip(outputs, model(images.flip(-1))) if flip_test else heatmap_probabilities(outputs)
-    boxes, scores, labels = decode(outputs["heatmap"].float(), outputs["size"].float(), outputs["offset"].float(),
-                                   k=top_k)
+    boxes, scores, labels = decode(outputs["heatmap"], outputs["size"], outputs["offset"], k=top_k)
     return boxes * CenterNet.stride, scores, labels
 
 

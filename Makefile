@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(BIN)/frelon: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,slurm]'
 	touch $@
 
 install: $(BIN)/frelon

@@ -1,21 +1,32 @@
+import fcntl
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
+from conftest import tool_env
 from frelon.errors import FrelonError
-from frelon.train.launcher import gpu_slots
+from frelon.train import launcher
+from frelon.train.launcher import gpu_slots, visible_gpus
 
 
 def test_concurrent_jobs_get_disjoint_gpus(tmp_path):
     with gpu_slots(2, ["0", "1", "2", "3"], tmp_path) as first:
         with gpu_slots(2, ["0", "1", "2", "3"], tmp_path) as second:
-            assert len(first) == len(second) == 2
-            assert not set(first) & set(second)
+            assert len(first.gpus) == len(second.gpus) == 2
+            assert not set(first.gpus) & set(second.gpus)
 
 
 def test_gpus_are_free_again_after_a_job(tmp_path):
     with gpu_slots(2, ["0", "1"], tmp_path):
         pass
     with gpu_slots(2, ["0", "1"], tmp_path) as again:
-        assert again == ["0", "1"]
+        assert again.gpus == ["0", "1"]
 
 
 def test_a_job_waits_no_longer_than_its_timeout_when_gpus_are_taken(tmp_path):
@@ -31,15 +42,232 @@ def test_world_size_larger_than_the_gpus_fails_before_training(tmp_path):
             pass
 
 
-def test_one_process_starts_the_worker_directly_and_n_processes_go_through_torchrun(monkeypatch):
-    from frelon.train import launcher
+def test_a_gpu_whose_rank_still_runs_is_not_given_out_although_its_launcher_is_gone(tmp_path):
+    rank = launcher._open_lock(tmp_path / "gpu0.rank.lock")  # a rank of a launch that was killed
+    fcntl.flock(rank, fcntl.LOCK_EX)
+    try:
+        with gpu_slots(1, ["0", "1"], tmp_path) as claim:
+            assert claim.gpus == ["1"]
+        with pytest.raises(FrelonError, match="no 2 free GPUs"):
+            with gpu_slots(2, ["0", "1"], tmp_path, timeout_s=0.2, poll_s=0.05):
+                pass
+    finally:
+        os.close(rank)
+    with gpu_slots(2, ["0", "1"], tmp_path) as claim:
+        assert claim.gpus == ["0", "1"]
 
+
+def test_a_claim_tells_the_ranks_their_lock_files_and_the_lease(tmp_path):
+    with gpu_slots(2, ["3", "1", "2"], tmp_path) as claim:
+        assert claim.gpus == ["3", "1"]
+        assert claim.env["FRELON_GPU_LOCKS"].split(os.pathsep) == [str(tmp_path / "gpu3.rank.lock"),
+                                                                    str(tmp_path / "gpu1.rank.lock")]
+        lease = claim.env["FRELON_GPU_LEASE"]
+        assert not launcher._lease_expired(lease) and len(claim.fds) == 3  # the lease and two claims
+    assert launcher._lease_expired(lease)  # removed with the claim
+
+
+@pytest.fixture
+def rank_env(tmp_path, monkeypatch):
+    """A rank's environment as a launcher sets it; yields (rank-lock path, lease path)."""
+    path, lease = tmp_path / "gpu0.rank.lock", tmp_path / "lease"
+    lease.touch()
+    monkeypatch.setenv("FRELON_GPU_LOCKS", str(path))
+    monkeypatch.setenv("FRELON_GPU_LEASE", str(lease))
+    monkeypatch.setattr(launcher, "_HELD_BY_THIS_RANK", held := [])
+    yield path, lease
+    for fd in held:
+        os.close(fd)
+
+
+def test_a_rank_holds_its_gpu_lock_while_its_launch_lives(rank_env):
+    path, lease = rank_env
+    holder = os.open(lease, os.O_RDONLY)  # the launcher (or torchrun) holds the lease
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        launcher.hold_gpu(0)
+        assert launcher._in_use(path)
+    finally:
+        os.close(holder)
+
+
+def test_a_rank_starting_after_its_launcher_and_torchrun_died_gives_the_gpu_back(rank_env):
+    path, lease = rank_env  # nobody holds the lease: another launcher may have claimed the GPU since
+    with pytest.raises(FrelonError, match="gone, so the GPU may be another job's"):
+        launcher.hold_gpu(0)
+    assert not launcher._in_use(path)
+
+
+def test_lock_files_and_folder_are_usable_by_every_user_whatever_the_umask(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        with gpu_slots(1, ["0"], tmp_path / "locks"):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "locks").stat().st_mode) == 0o1777
+    for name in ("gpu0.lock", "gpu0.rank.lock"):
+        assert stat.S_IMODE((tmp_path / "locks" / name).stat().st_mode) == 0o666
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may open any file read-write")
+def test_a_lock_file_that_cannot_be_written_is_locked_read_only(tmp_path):
+    (tmp_path / "gpu0.lock").touch(0o444)
+    fd = launcher._open_lock(tmp_path / "gpu0.lock")
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    finally:
+        os.close(fd)
+    with gpu_slots(1, ["0"], tmp_path) as claim:
+        assert claim.gpus == ["0"]
+        with pytest.raises(FrelonError, match="no 1 free GPUs"):
+            with gpu_slots(1, ["0"], tmp_path, timeout_s=0.1, poll_s=0.05):
+                pass
+
+
+def claim(n, candidates, lock_dir) -> list[str]:
+    with gpu_slots(n, candidates, lock_dir, timeout_s=5, poll_s=0.05) as got:
+        return got.gpus
+
+
+def _as_another_user(func) -> str:
+    """Run `func` in a forked child as user nobody (umask 077); its result, or its error, as text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.umask(0o077)
+            os.write(write, repr(func()).encode())
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 (reported to the parent)
+            os.write(write, f"{type(exc).__name__}: {exc}".encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        out = f.read()
+    assert os.waitpid(pid, 0)[1] == 0, out
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user")
+def test_a_second_user_shares_the_lock_folder_with_the_first():
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # not under pytest's 0700 folder: nobody must reach it
+    try:
+        base.chmod(0o755)
+        locks = base / "locks"
+        previous = os.umask(0o077)
+        try:
+            with gpu_slots(1, ["0"], locks):  # the first user makes the folder
+                pass
+            legacy = locks / "gpu1.lock"  # as an older version left it (0644, the first user's) and holds it
+            legacy.touch()
+            legacy.chmod(0o644)
+            older = os.open(legacy, os.O_RDWR)
+            fcntl.flock(older, fcntl.LOCK_EX)
+            try:  # the second user can only open it read-only, and must find it locked
+                got = _as_another_user(lambda: claim(2, ["0", "1", "2"], locks))
+            finally:
+                os.close(older)
+            assert got == "['0', '2']"
+        finally:
+            os.umask(previous)
+        assert (locks / "gpu2.lock").stat().st_uid == 65534  # created by the second user, usable by all
+        assert stat.S_IMODE((locks / "gpu2.lock").stat().st_mode) == 0o666
+        assert stat.S_IMODE((locks / "gpu2.rank.lock").stat().st_mode) == 0o666
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+def test_pretended_gpus_come_from_the_count_or_from_cuda_visible_devices(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "4")
+    assert visible_gpus("auto") == visible_gpus("cuda") == ["0", "1", "2", "3"]
+    assert visible_gpus("cpu") == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # as SLURM sets it: trusted whatever the count
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "1")
+    assert visible_gpus("auto") == ["0", "1"] and launcher.gpu_count() == 2
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "many")
+    with pytest.raises(FrelonError, match="FRELON_FAKE_GPUS='many'"):
+        visible_gpus("auto")
+
+
+def test_frelon_gpus_prints_the_count_without_importing_torch():
+    check = ("import sys; from frelon.cli import main; main(['gpus']); "
+             "assert 'torch' not in sys.modules, 'torch imported'")
+    for extra, expected in (({"FRELON_FAKE_GPUS": "4"}, "4"),
+                            ({"FRELON_FAKE_GPUS": "1", "CUDA_VISIBLE_DEVICES": "0,1"}, "2")):
+        env = {k: v for k, v in tool_env().items() if k != "CUDA_VISIBLE_DEVICES"} | extra
+        out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
+
+
+@pytest.fixture
+def workstation(tmp_path, monkeypatch):
+    """Four pretended GPUs, this test's own lock folder and launch record; launches are recorded,
+    not run: yields the list of (cmd, env, inherited fds, whether GPU 0 was claimed meanwhile)."""
+    for name in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "4")
+    monkeypatch.setenv("FRELON_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("FRELON_LAUNCH_RECORD", str(tmp_path / "launches.jsonl"))
     calls = []
-    monkeypatch.setattr(launcher, "_run_forwarding_signals", lambda cmd, env: calls.append((cmd, env)) or 0)
+
+    def run(cmd, env, pass_fds=()):
+        claimed = (tmp_path / "locks").exists() and launcher._in_use(tmp_path / "locks" / "gpu0.lock")
+        calls.append((cmd, env, list(pass_fds), claimed))
+        return 0
+
+    monkeypatch.setattr(launcher, "_run_forwarding_signals", run)
+    return calls
+
+
+def records(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "launches.jsonl").read_text().splitlines()]
+
+
+def test_one_process_starts_the_worker_directly_and_n_processes_go_through_torchrun(workstation, monkeypatch):
+    monkeypatch.delenv("FRELON_FAKE_GPUS")
     launcher.launch(["train", "spec.json"], 1, "cpu", threads=2)
     launcher.launch(["train", "spec.json"], 2, "cpu", threads=2)
-    (single, single_env), (multi, multi_env) = calls
+    (single, single_env, fds, _), (multi, multi_env, _, _) = workstation
     assert single[1:] == ["-m", "frelon.train.worker", "train", "spec.json"]
     assert (single_env["RANK"], single_env["WORLD_SIZE"], single_env["OMP_NUM_THREADS"]) == ("0", "1", "2")
     assert multi[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=2" in multi
     assert multi_env["OMP_NUM_THREADS"] == "1"
+    assert fds == [] and "FRELON_GPU_LOCKS" not in single_env
+
+
+def test_a_workstation_launch_claims_gpus_hands_them_to_its_ranks_and_records_them(workstation, tmp_path):
+    launcher.launch(["train", "spec.json"], 2, "auto", threads=4)
+    [(cmd, env, fds, claimed)] = workstation
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and claimed and len(fds) == 3
+    assert env["FRELON_GPU_LOCKS"].split(os.pathsep) == [str(tmp_path / "locks" / f"gpu{i}.rank.lock") for i in "01"]
+    assert env["OMP_NUM_THREADS"] == "2"  # pretended GPUs: the ranks share the CPU
+    [record] = records(tmp_path)
+    assert record["cuda_visible_devices"] == "0,1" and record["world_size"] == 2 and record["slurm_job_id"] is None
+    assert record["pid"] == os.getpid() and record.keys() >= {"host", "time", "gpus"}
+    assert not launcher._in_use(tmp_path / "locks" / "gpu0.lock")  # given back after the job
+
+
+def test_under_slurm_the_ranks_run_in_a_job_step_of_their_own_and_nothing_is_locked(workstation, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "1")
+    monkeypatch.setenv("FRELON_GPU_LOCKS", "/elsewhere/gpu0.rank.lock")  # an enclosing launch's
+    monkeypatch.chdir(tmp_path)
+    launcher.launch(["train", "spec.json"], 4, "auto", nodes=2)
+    [(cmd, env, fds, _)] = workstation
+    assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert cmd[cmd.index("-m") + 1] == "frelon.train.node" and cmd[-3:] == ["--", "train", "spec.json"]
+    assert {"--world-size=4", "--rendezvous-id=frelon-4242"} <= set(cmd)
+    # the preemption marker is on the shared file system (rank 0 may be on another node), and removed after
+    assert Path(env["FRELON_PREEMPTED_MARKER"]).parent.parent == tmp_path and not list(tmp_path.glob(".frelon-*"))
+    assert fds == [] and "FRELON_GPU_LOCKS" not in env and not (tmp_path / "locks").exists()
+    assert not (tmp_path / "launches.jsonl").exists()  # each node records its part (frelon.train.node)

@@ -93,7 +93,8 @@ def _launch(args: argparse.Namespace, worker_args: list[str]) -> int:
 
     with open(args.spec) as f:
         spec = json.load(f)
-    return launch(worker_args, spec["train"]["world_size"], spec["device"], args.threads)
+    return launch(worker_args, spec["train"]["world_size"], spec["device"], args.threads,
+                  nodes=spec["train"].get("nodes", 1))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -102,6 +103,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     return _launch(args, ["evaluate", args.spec, "--checkpoint", args.checkpoint, "--out", args.out])
+
+
+def _gpus(args: argparse.Namespace) -> None:
+    from frelon.train.launcher import gpu_count
+
+    print(gpu_count())
 
 
 def _detect(args: argparse.Namespace) -> None:
@@ -222,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", required=True)
             p.add_argument("--out", required=True)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("gpus", help="print how many GPUs a job may use here (CUDA_VISIBLE_DEVICES respected), "
+                                    "for snakemake --resources gpu=$(frelon gpus)")
+    p.set_defaults(func=_gpus)
 
     p = sub.add_parser("detect", help="run a trained detector on images: COCO-style detections with class names")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model.pt of a detection run")

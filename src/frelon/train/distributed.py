@@ -1,4 +1,10 @@
-"""Process-group set-up from torchrun's environment; exact sharding for evaluation."""
+"""Process-group set-up from torchrun's environment; exact sharding for evaluation.
+
+A rank launched on a GPU first takes that GPU's lock (`launcher.hold_gpu`), before anything
+touches CUDA, and keeps it until it exits. With FRELON_FAKE_GPUS set (tests only) the launcher
+hands out pretended GPUs: the ranks take their locks as on real ones but train on the CPU with
+gloo, whatever `device` says.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from frelon.train.launcher import fake_gpus, hold_gpu
 
 
 @dataclass(frozen=True)
@@ -26,8 +34,10 @@ def init(device: str = "auto") -> World:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if device == "cuda" and not use_cuda:
+    hold_gpu(local_rank)  # first: before anything asks CUDA; nothing unless the launcher claimed GPUs
+    pretended = fake_gpus() is not None
+    use_cuda = device != "cpu" and not pretended and torch.cuda.is_available()
+    if device == "cuda" and not use_cuda and not pretended:
         raise RuntimeError("device: cuda was asked for but no GPU is visible; set device: cpu or auto")
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:

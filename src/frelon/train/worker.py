@@ -1,4 +1,8 @@
-"""The program torchrun starts on every rank: `python -m frelon.train.worker {train,evaluate} SPEC`."""
+"""The program torchrun starts on every rank: `python -m frelon.train.worker {train,evaluate} SPEC`.
+
+On a GPU the rank holds its GPU's lock from `distributed.init` until it exits (see
+`frelon.train.launcher`), so the GPU stays taken while the rank lives, even if the launcher and
+torchrun were killed."""
 
 from __future__ import annotations
 
@@ -63,8 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     _stop_with_parent()
     with open(args.spec) as f:
         spec = json.load(f)
-    world = distributed.init(spec["device"])
     try:
+        world = distributed.init(spec["device"])
+    except FrelonError as exc:  # e.g. its launch is gone and its GPU may be another job's
+        print(f"[rank {os.environ.get('RANK', 0)}] {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        if world.world_size != spec["train"]["world_size"]:  # e.g. SLURM spread the GPUs unevenly over nodes
+            raise FrelonError(f"{spec['experiment']}: {world.world_size} processes started but train.world_size "
+                              f"is {spec['train']['world_size']}; ask for whole GPUs per node (gpus-per-node)")
         if args.mode == "train":
             engine.fit(tasks.build(spec), spec, world)
         else:

@@ -1,0 +1,163 @@
+"""The SLURM profile on a real SLURM: a single-host cluster with two nodes and fake GPUs (slurm_cluster.py).
+
+Part of the demo (a hornet study at world sizes 1 and 2, and a world-size-2 run spread over both nodes)
+goes through `snakemake --profile profiles/slurm`, as a cluster user runs it, and is compared with a
+local run of the same config. One training job is sent SLURM's warning signal mid-run: it saves, its
+retry resumes, and it ends with the same weights as the uninterrupted local run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import slurm_cluster
+from conftest import copy_workflow, run, tool_env
+
+pytestmark = pytest.mark.slow
+STUDY = "cluster"
+MEASURED = ["experiment", "init", "world_size", "n_test", "test_accuracy", "test_balanced_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = slurm_cluster.missing()
+    if reason:
+        pytest.skip(reason)
+    started = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm")).start()
+    yield started
+    started.stop()
+
+
+def _config(work: Path) -> Path:
+    config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
+    config["device"] = "auto"   # ask SLURM for GPUs; with no CUDA here the ranks train on the CPU (gloo)
+    config["datasets"]["hornet"]["image_size"] = 48
+    config["studies"] = {STUDY: {
+        "dataset": "hornet",
+        "model": {"arch": "resnet18", "weights": None},
+        "train": {"epochs": 6, "batch_size": 8, "base_batch": 16, "base_lr": 0.02, "checkpoint_every": 2,
+                  "workers": 0},
+        "experiments": {
+            "w1": {"train": {"world_size": 1}},
+            "w2": {"train": {"world_size": 2}},
+            "w2-nodes2": {"train": {"world_size": 2, "nodes": 2}},
+        },
+    }}
+    path = work / "config" / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _profile(work: Path) -> str:
+    """profiles/slurm with the edits a user of this cluster makes in its marked block, plus what this test
+    cluster needs: no accounting database (job status from squeue), no accounts, quick status checks."""
+    profile = yaml.safe_load((work / "profiles" / "slurm" / "profile.yaml").read_text())
+    profile["default-resources"]["mem_mb"] = 2000
+    for rule in profile["set-resources"].values():
+        rule["mem_mb_per_cpu"] = 1000
+        rule["runtime"] = 30
+    profile.update({"slurm-status-command": "squeue", "slurm-no-account": True,
+                    "slurm-init-seconds-before-status-checks": 1, "slurm-keep-successful-logs": True})
+    (work / "profiles" / "test").mkdir()
+    (work / "profiles" / "test" / "profile.yaml").write_text(yaml.safe_dump(profile))
+    return "profiles/test"
+
+
+def _job(job: str) -> dict[str, str]:
+    """scontrol's record of a job (kept MinJobAge seconds after it ends)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _signal_when_training(work: Path, run_dir: str, proc: subprocess.Popen, timeout: float = 240) -> str:
+    """Once the run has logged an epoch, send its SLURM job the warning signal; returns the job id."""
+    history = work / run_dir / "train.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if history.exists() and re.search(r"epoch\s+1\b", history.read_text()):
+            jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True).stdout
+            for line in jobs.splitlines():
+                job, _, comment = line.partition(" ")
+                if "train" in comment and run_dir.replace("/", "_") in comment.replace("/", "_"):
+                    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+                    return job
+        time.sleep(0.5)
+    raise AssertionError(f"{run_dir} never reached its second epoch under SLURM:\n" + (
+        history.read_text() if history.exists() else "(no train.log)"))
+
+
+def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
+    local = copy_workflow(tmp_path / "local")
+    run(["snakemake", "--cores", "2", STUDY, "--configfile", str(_config(local))], cwd=local)
+
+    work = copy_workflow(tmp_path / "slurm")
+    config = _config(work)
+    run(["snakemake", "--cores", "2", "data/prepared/hornet", "--configfile", str(config)], cwd=work)
+    record = tmp_path / "launches.jsonl"
+    env = tool_env() | {"FRELON_LAUNCH_RECORD": str(record), "FRELON_FAKE_GPUS": "1"}
+    cmd = ["snakemake", "--profile", _profile(work), STUDY, "--configfile", str(config), "--verbose"]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signalled = _signal_when_training(work, f"results/runs/{STUDY}/w2", proc)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-6000:]
+    print(f"SLURM run: {time.monotonic() - started:.0f} s")
+
+    # every training and evaluation job went through sbatch, with the warning signal the profile asks for
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", out)
+    assert len(submitted) == 3 + 1 + 3, out[-6000:]   # 3 trainings, the signalled one again, 3 evaluations
+    assert signalled in submitted
+    assert out.count("--signal=USR1@600") >= 7
+
+    # each training ran its command once per node (twice for the signalled run) with its world size in GPUs
+    launches = [r for r in _records(record) if r["mode"] == "train"]
+    by_run: dict[str, list[dict]] = {}
+    for r in launches:
+        by_run.setdefault(Path(r["spec"]).parent.name, []).append(r)
+    assert sorted((name, len(rs)) for name, rs in by_run.items()) == [("w1", 1), ("w2", 2), ("w2-nodes2", 2)]
+    for name, world in (("w1", 1), ("w2", 2)):
+        for r in by_run[name]:
+            assert r["slurm_job_id"] in submitted
+            assert len(r["cuda_visible_devices"].split(",")) == world
+    spread = by_run["w2-nodes2"]
+    assert {r["node"] for r in spread} == {"n1", "n2"}
+    assert len({r["slurm_job_id"] for r in spread}) == 1
+    assert all(len(r["cuda_visible_devices"].split(",")) == 1 for r in spread)
+    # concurrent jobs on one node never share a GPU (SLURM packs these jobs onto n1: some do overlap)
+    jobs = {r["slurm_job_id"]: _job(r["slurm_job_id"]) for r in _records(record)}
+    shared_node = 0
+    for a in _records(record):
+        for b in _records(record):
+            ja, jb = jobs[a["slurm_job_id"]], jobs[b["slurm_job_id"]]
+            if a["slurm_job_id"] < b["slurm_job_id"] and a["node"] == b["node"] and \
+                    ja["StartTime"] < jb["EndTime"] and jb["StartTime"] < ja["EndTime"]:
+                shared_node += 1
+                assert not set(a["cuda_visible_devices"].split(",")) & set(b["cuda_visible_devices"].split(","))
+    assert shared_node > 0
+
+    # the signalled run saved, stopped, and its retry resumed to the uninterrupted run's weights
+    log = (work / f"results/runs/{STUDY}/w2/train.log").read_text()
+    assert "resum" in log.lower()
+    for name in ("w1", "w2", "w2-nodes2"):
+        ours = torch.load(work / f"results/runs/{STUDY}/{name}/model.pt", weights_only=True)["model"]
+        theirs = torch.load(local / f"results/runs/{STUDY}/{name}/model.pt", weights_only=True)["model"]
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+    ours = pd.read_csv(work / "results" / "tables" / f"{STUDY}.csv")
+    theirs = pd.read_csv(local / "results" / "tables" / f"{STUDY}.csv")
+    columns = [c for c in MEASURED if c in theirs.columns]
+    pd.testing.assert_frame_equal(ours[columns], theirs[columns])

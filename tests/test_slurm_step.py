@@ -1,0 +1,46 @@
+"""What a SLURM training step runs on each node (frelon.train.node): a unit test of the command lines.
+The real thing, on a real SLURM, is tests/test_slurm.py."""
+
+import argparse
+
+import pytest
+
+from frelon.errors import FrelonError
+from frelon.train import node
+
+
+def args(world_size, nodes=1, device="auto"):
+    return argparse.Namespace(world_size=world_size, nodes=nodes, device=device, rendezvous="vm:29400",
+                              rendezvous_id="frelon-7", worker_args=["train", "s/spec.json"])
+
+
+def test_one_node_starts_one_rank_per_gpu_slurm_gave_it_with_an_equal_share_of_its_cpus():
+    cmd, env = node.command(args(2), {"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_CPUS_ON_NODE": "8"})
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[-3:] == ["frelon.train.worker", "train", "s/spec.json"]
+    assert env["OMP_NUM_THREADS"] == "4" and env["LOCAL_PROCESSES"] == "2"
+
+
+def test_a_single_process_is_the_worker_itself():
+    cmd, env = node.command(args(1), {"CUDA_VISIBLE_DEVICES": "0", "SLURM_CPUS_ON_NODE": "3"})
+    assert cmd[1:3] == ["-m", "frelon.train.worker"] and "torch.distributed.run" not in cmd
+    assert (env["RANK"], env["WORLD_SIZE"], env["OMP_NUM_THREADS"]) == ("0", "1", "3")
+
+
+def test_several_nodes_meet_in_a_c10d_rendezvous_on_the_first():
+    cmd, env = node.command(args(8, nodes=2), {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_CPUS_ON_NODE": "32"})
+    assert cmd[cmd.index("--nnodes") + 1] == "2" and cmd[cmd.index("--rdzv-backend") + 1] == "c10d"
+    assert cmd[cmd.index("--rdzv-endpoint") + 1] == "vm:29400" and "--nproc-per-node=4" in cmd
+    assert cmd[cmd.index("--rdzv-id") + 1] == "frelon-7" and "--standalone" not in cmd
+
+
+def test_without_gpus_the_nodes_share_the_world_size():
+    cmd, _ = node.command(args(4, nodes=2, device="cpu"), {"CUDA_VISIBLE_DEVICES": "0", "SLURM_CPUS_ON_NODE": "4"})
+    assert "--nproc-per-node=2" in cmd
+    with pytest.raises(FrelonError, match="world_size 3 does not divide into 2 nodes"):
+        node.command(args(3, nodes=2, device="cpu"), {})
+
+
+def test_an_allocation_with_the_wrong_number_of_gpus_is_an_error_naming_the_fix():
+    with pytest.raises(FrelonError, match=r"world_size 2 but the allocation has 1 GPUs \(0\); ask SLURM for --gpus=2"):
+        node.command(args(2), {"CUDA_VISIBLE_DEVICES": "0"})

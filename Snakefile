@@ -21,6 +21,13 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
+
+# Every job takes one share of the machine, unless its rule asks for more (timing jobs take all of them:
+# see MACHINE in rules/common.smk).
+for r in workflow.rules:
+    r.resources.setdefault("machine", 1)
+
+
 # Bookkeeping steps, and downloads (compute nodes often have no internet access), run on the
 # submitting host, not as cluster jobs.
 localrules:
@@ -36,7 +43,7 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         rules.report.input,
         rules.data.input,
-    default_target: True

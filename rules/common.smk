@@ -5,15 +5,39 @@ import urllib.parse
 
 from frelon import config as frelon_config
 from frelon import spec as frelon_spec
+from frelon.train.launcher import gpu_count
 
 RUN = r"results/runs/[^/]+/[^/]+|data/demo/pretrain"
 DETECTION = config.get("detection_data", {})
 # Run folders of detection experiments (their evaluation writes more files); a regex that matches nothing if none
-DETECTION_RUNS = "|".join(
-    re.escape(run) for run in frelon_spec.all_runs(config) if frelon_spec.task_of(config, run) == "detection"
-) or "(?!)"
+DETECTION_RUNS = (
+    "|".join(re.escape(run) for run in frelon_spec.all_runs(config) if frelon_spec.task_of(config, run) == "detection")
+    or "(?!)"
+)
 # Every archive of the config by its file name: data/archives/<file>
 ARCHIVES = {frelon_config.archive_name(entry["url"]): entry for _, entry in frelon_config.archive_entries(config)}
+
+# Scheduling, when the jobs run on this machine (not `--jobs` with a cluster executor, where every job
+# has an allocation of its own; nor a Snakemake started inside a job):
+# - GPUs: without `--resources gpu=N`, N is the number of GPUs present, so that GPU jobs wait in
+#   Snakemake's queue rather than on the launcher's GPU locks. Without any, runs on `device: auto` take
+#   none (they train on the CPU).
+# - Timing jobs run alone, so that their timings are theirs: the machine is cut into one share per core
+#   (`--resources machine=N` otherwise), every job takes one share (see the Snakefile) and a timing job
+#   takes them all. One share per core never limits how many jobs run, as each takes a core at least.
+#   Timing jobs: the checkpointing study, and the training runs of a study marked `timed` (scaling).
+LOCAL = workflow.is_main_process and workflow.nodes is None
+# Every core Snakemake may use (`--cores`); 1 where it counts none (a cluster: the allocation decides)
+CORES = workflow.resource_settings.cores or 1
+GPUS = gpu_count() if LOCAL else None  # None: not counted
+if GPUS is not None and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", GPUS)
+if LOCAL and "machine" not in workflow.global_resources:
+    workflow.register_resource("machine", CORES)
+MACHINE = workflow.global_resources["machine"].value if LOCAL else 1
+TIMED_RUNS = {
+    run for name, study in config["studies"].items() if study.get("timed") for run in frelon_spec.all_runs(config, name)
+}
 
 
 wildcard_constraints:
@@ -41,10 +65,29 @@ def run_world_size(wildcards):
     return run_spec(wildcards)["train"]["world_size"]
 
 
+def gpus(device, processes):
+    """GPUs a job takes: one per process, none on the CPU (`device: cpu`, or `auto` where no GPU is present)."""
+    return 0 if device == "cpu" or (device == "auto" and GPUS == 0) else processes
+
+
 def run_gpus(wildcards):
-    """GPUs a run takes: one per process, none when the config pins it to the CPU."""
     spec = run_spec(wildcards)
-    return 0 if spec["device"] == "cpu" else spec["train"]["world_size"]
+    return gpus(spec["device"], spec["train"]["world_size"])
+
+
+def run_nodes(wildcards):
+    """Nodes a run spreads over under SLURM (`train.nodes`); on one machine every rank runs there."""
+    return run_spec(wildcards)["train"].get("nodes", 1)
+
+
+def run_cpus_per_gpu(wildcards):
+    """CPUs per GPU (per rank) a run asks SLURM for: the rank's own, and one per loader worker."""
+    return run_spec(wildcards)["train"]["workers"] + 1
+
+
+def run_machine(wildcards):
+    """The shares of the machine a run's training takes: all of them for a timed study's run, else one."""
+    return MACHINE if wildcards.run in TIMED_RUNS else 1
 
 
 def local_file(url):
@@ -98,7 +141,8 @@ def dataset_source(wildcards):
     source = config["datasets"][wildcards.dataset]["source"]
     if isinstance(source, str):
         return source
-    return f"data/raw/{wildcards.dataset}" + (f"/{source['subdir']}" if source.get("subdir") else "")
+    subdir = source.get("subdir")
+    return f"data/raw/{wildcards.dataset}/{subdir}" if subdir else f"data/raw/{wildcards.dataset}"
 
 
 def dataset_input(wildcards):
@@ -125,9 +169,11 @@ def coco_root(wildcards):
 def all_data():
     """The data products the studies use: weights, prepared (and augmented) datasets, detection sets."""
     used = frelon_config.used_datasets(config)
-    return (expand("data/weights/{name}.pth", name=config["weights"])
-            + expand("data/prepared/{dataset}", dataset=used)
-            + expand("data/augmented/{dataset}", dataset=[d for d in config.get("augment", {}) if d in used]))
+    return (
+        expand("data/weights/{name}.pth", name=config["weights"])
+        + expand("data/prepared/{dataset}", dataset=used)
+        + expand("data/augmented/{dataset}", dataset=[d for d in config.get("augment", {}) if d in used])
+    )
 
 
 def study_references(wildcards):

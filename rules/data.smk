@@ -7,24 +7,30 @@ if "demo" in config:
     rule demo_hornet:
         output:
             directory("data/demo/hornet"),
-        params:
-            **config["demo"]["hornet"],
         log:
             "logs/demo_hornet.log",
+        conda:
+            "../envs/frelon.yaml"
+        params:
+            **config["demo"]["hornet"],
+            seed=config["seed"],
         shell:
             "frelon demo-data hornet {output} --presence {params.presence} --absence {params.absence}"
-            " --size {params.image_size} --seed {config[seed]} > {log} 2>&1"
+            " --size {params.image_size} --seed {params.seed} > {log} 2>&1"
 
     rule demo_source:
         output:
             directory("data/demo/source"),
-        params:
-            **config["demo"]["source"],
         log:
             "logs/demo_source.log",
+        conda:
+            "../envs/frelon.yaml"
+        params:
+            **config["demo"]["source"],
+            seed=config["seed"],
         shell:
             "frelon demo-data source {output} --per-class {params.per_class}"
-            " --size {params.image_size} --seed {config[seed]} > {log} 2>&1"
+            " --size {params.image_size} --seed {params.seed} > {log} 2>&1"
 
     from frelon.data.demo_detection import COCO_ARCHIVES, VOC_ARCHIVES
 
@@ -32,24 +38,30 @@ if "demo" in config:
     rule demo_voc:
         output:
             expand("data/demo/voc/{file}{ext}", file=VOC_ARCHIVES, ext=["", ".sha256"]),
-        params:
-            **config["demo"]["voc"],
         log:
             "logs/demo_voc.log",
+        conda:
+            "../envs/frelon.yaml"
+        params:
+            **config["demo"]["voc"],
+            seed=config["seed"],
         shell:
             "frelon demo-data voc data/demo/voc --images {params.images_per_set} --size {params.image_size}"
-        " --seed {config[seed]} > {log} 2>&1"
+            " --seed {params.seed} > {log} 2>&1"
 
     rule demo_coco:
         output:
             expand("data/demo/coco/{file}{ext}", file=COCO_ARCHIVES, ext=["", ".sha256"]),
-        params:
-            **config["demo"]["coco"],
         log:
             "logs/demo_coco.log",
+        conda:
+            "../envs/frelon.yaml"
+        params:
+            **config["demo"]["coco"],
+            seed=config["seed"],
         shell:
             "frelon demo-data coco data/demo/coco --images {params.train} --size {params.image_size}"
-        " --seed {config[seed]} > {log} 2>&1"
+            " --seed {params.seed} > {log} 2>&1"
 
     rule demo_export_weights:
         input:
@@ -59,6 +71,8 @@ if "demo" in config:
             sha256=config["demo"]["pretrain"]["export"] + ".sha256",
         log:
             "logs/demo_export_weights.log",
+        conda:
+            "../envs/frelon.yaml"
         shell:
             "frelon export-weights {input} {output.weights} > {log} 2>&1"
 
@@ -68,11 +82,13 @@ rule fetch_weights:
         weights_local_files,
     output:
         "data/weights/{name}.pth",
+    log:
+        "logs/fetch_weights/{name}.log",
+    conda:
+        "../envs/frelon.yaml"
     params:
         url=lambda wc: config["weights"][wc.name]["url"],
         hash=weights_hash_option,
-    log:
-        "logs/fetch_weights/{name}.log",
     shell:
         "frelon fetch {params.url:q} {output} {params.hash} > {log} 2>&1"
 
@@ -82,11 +98,13 @@ rule fetch_archive:
         archive_local_files,
     output:
         "data/archives/{file}",
+    log:
+        "logs/fetch_archive/{file}.log",
+    conda:
+        "../envs/frelon.yaml"
     params:
         url=lambda wc: ARCHIVES[wc.file]["url"],
         hash=archive_hash_option,
-    log:
-        "logs/fetch_archive/{file}.log",
     shell:
         "frelon fetch {params.url:q} {output} {params.hash} > {log} 2>&1"
 
@@ -98,6 +116,8 @@ rule extract:
         directory("data/raw/{name}"),
     log:
         "logs/extract/{name}.log",
+    conda:
+        "../envs/frelon.yaml"
     shell:
         "frelon extract {input} --out {output} > {log} 2>&1"
 
@@ -107,18 +127,21 @@ rule prepare_dataset:
         dataset_input,
     output:
         directory("data/prepared/{dataset}"),
+    log:
+        "logs/prepare/{dataset}.log",
+    conda:
+        "../envs/frelon.yaml"
     params:
         source=dataset_source,
         d=lambda wc: config["datasets"][wc.dataset],
         classes=lambda wc: ",".join(config["datasets"][wc.dataset]["classes"]),
         resize=lambda wc: config["datasets"][wc.dataset].get("resize", config["datasets"][wc.dataset]["image_size"]),
         on_bad_image=lambda wc: config["datasets"][wc.dataset].get("on_bad_image", "fail"),
-    log:
-        "logs/prepare/{dataset}.log",
+        seed=config["seed"],
     shell:
         "frelon prepare {params.source:q} {output} --classes {params.classes:q} --val {params.d[val]}"
         " --test {params.d[test]} --size {params.d[image_size]} --resize {params.resize}"
-        " --on-bad-image {params.on_bad_image} --seed {config[seed]} > {log} 2>&1"
+        " --on-bad-image {params.on_bad_image} --seed {params.seed} > {log} 2>&1"
 
 
 rule augment:
@@ -126,12 +149,15 @@ rule augment:
         "data/prepared/{dataset}",
     output:
         directory("data/augmented/{dataset}"),
-    params:
-        options=lambda wc: json.dumps(config["augment"][wc.dataset]),
     log:
         "logs/augment/{dataset}.log",
+    conda:
+        "../envs/frelon.yaml"
+    params:
+        options=lambda wc: json.dumps(config["augment"][wc.dataset]),
+        seed=config["seed"],
     shell:
-        "frelon augment {input} {output} --options {params.options:q} --seed {config[seed]} > {log} 2>&1"
+        "frelon augment {input} {output} --options {params.options:q} --seed {params.seed} > {log} 2>&1"
 
 
 rule prepare_voc:
@@ -139,11 +165,13 @@ rule prepare_voc:
         voc_input,
     output:
         directory("data/prepared/voc"),
+    log:
+        "logs/prepare/voc.log",
+    conda:
+        "../envs/frelon.yaml"
     params:
         devkit=voc_devkit,
         d=lambda wc: DETECTION["voc"],
-    log:
-        "logs/prepare/voc.log",
     shell:
         "frelon prepare-voc {params.devkit:q} {output} --train {params.d[train]} --val {params.d[val]} > {log} 2>&1"
 
@@ -155,6 +183,8 @@ rule prepare_coco:
         directory("data/prepared/coco"),
     log:
         "logs/prepare/coco.log",
+    conda:
+        "../envs/frelon.yaml"
     shell:
         "frelon prepare-coco {input:q} {output} > {log} 2>&1"
 

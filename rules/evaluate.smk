@@ -8,11 +8,15 @@ rule evaluate:
         model="{run}/model.pt",
     output:
         metrics="{run}/metrics.json",
+    log:
+        "{run}/evaluate.log",
+    conda:
+        "../envs/frelon.yaml"
     threads: run_world_size
     resources:
         gpu=run_gpus,
-    log:
-        "{run}/evaluate.log",
+        nodes=run_nodes,
+        cpus_per_gpu=run_cpus_per_gpu,
     shell:
         "frelon evaluate {input.spec} --checkpoint {input.model} --out {output.metrics}"
         " --threads {threads} > {log} 2>&1"
@@ -37,19 +41,23 @@ rule runs:
 
 
 # Gradient checkpointing: memory against time for each model x input size x batch x policy. It takes
-# every core (and one GPU unless the config pins the CPU) so that its timings are not shared.
+# every core and the whole machine (and one GPU unless it runs on the CPU) so that its timings are not
+# shared: no other job runs beside it.
 rule checkpointing_study:
     output:
         csv="results/checkpointing/checkpointing.csv",
         md="results/checkpointing/checkpointing.md",
         figure="results/checkpointing/checkpointing.png",
+    log:
+        "logs/checkpointing.log",
+    conda:
+        "../envs/frelon.yaml"
+    threads: CORES
+    resources:
+        gpu=gpus(config.get("device", "auto"), 1),
+        machine=MACHINE,
     params:
         settings=config.get("checkpointing"),
         device=config.get("device", "auto"),
-    threads: workflow.cores
-    resources:
-        gpu=0 if config.get("device") == "cpu" else 1,
-    log:
-        "logs/checkpointing.log",
     script:
         "../workflow/scripts/checkpointing_study.py"

@@ -7,10 +7,12 @@ rule study_table:
     output:
         csv="results/tables/{study}.csv",
         md="results/tables/{study}.md",
-    params:
-        references=study_references,
     log:
         "logs/table/{study}.log",
+    conda:
+        "../envs/frelon.yaml"
+    params:
+        references=study_references,
     shell:
         "frelon table {input} --csv {output.csv} --md {output.md} --references {params.references:q} > {log} 2>&1"
 
@@ -33,6 +35,8 @@ rule metrics:
         "results/metrics.json",
     log:
         "logs/metrics.log",
+    conda:
+        "../envs/frelon.yaml"
     shell:
         "frelon metrics {input} --out {output} > {log} 2>&1"
 

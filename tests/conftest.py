@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "config", "dvc.yaml", "src"]
+WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "envs", "config", "profiles", "dvc.yaml", "src"]
 
 
 def tool_env() -> dict[str, str]:

@@ -40,11 +40,11 @@ def cluster(tmp_path_factory):
 def _config(work: Path) -> Path:
     config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
     config["device"] = "auto"   # ask SLURM for GPUs; with no CUDA here the ranks train on the CPU (gloo)
-    config["datasets"]["hornet"]["image_size"] = 48
+    config["datasets"]["hornet"]["image_size"] = 32
     config["studies"] = {STUDY: {
         "dataset": "hornet",
         "model": {"arch": "resnet18", "weights": None},
-        "train": {"epochs": 6, "batch_size": 8, "base_batch": 16, "base_lr": 0.02, "checkpoint_every": 2,
+        "train": {"epochs": 4, "batch_size": 8, "base_batch": 16, "base_lr": 0.02, "checkpoint_every": 2,
                   "workers": 0},
         "experiments": {
             "w1": {"train": {"world_size": 1}},
@@ -89,9 +89,10 @@ def _signal_when_training(work: Path, run_dir: str, proc: subprocess.Popen, time
     while time.monotonic() < deadline and proc.poll() is None:
         if history.exists() and re.search(r"epoch\s+1\b", history.read_text()):
             jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True).stdout
+            wanted = re.sub(r"\W", "_", run_dir)
             for line in jobs.splitlines():
                 job, _, comment = line.partition(" ")
-                if "train" in comment and run_dir.replace("/", "_") in comment.replace("/", "_"):
+                if comment.startswith("rule_train_") and re.sub(r"\W", "_", comment).endswith(wanted):
                     subprocess.run(["scancel", "--signal=USR1", job], check=True)
                     return job
         time.sleep(0.5)

@@ -44,3 +44,25 @@ def test_without_gpus_the_nodes_share_the_world_size():
 def test_an_allocation_with_the_wrong_number_of_gpus_is_an_error_naming_the_fix():
     with pytest.raises(FrelonError, match=r"world_size 2 but the allocation has 1 GPUs \(0\); ask SLURM for --gpus=2"):
         node.command(args(2), {"CUDA_VISIBLE_DEVICES": "0"})
+
+
+def test_the_profile_sends_every_launched_rule_to_the_gpu_partition_with_the_warning_signal():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    profile = yaml.safe_load((root / "profiles" / "slurm" / "profile.yaml").read_text())
+    rules_text = "".join(p.read_text() for p in (root / "rules").glob("*.smk"))
+    launched = {"train", "evaluate", "evaluate_detection"}
+    assert all(f"rule {name}:" in rules_text or f"as {name} with:" in rules_text for name in launched)
+    for name in launched:
+        rule = profile["set-resources"][name]
+        assert rule["slurm_partition"] != profile["default-resources"]["slurm_partition"]
+        assert "--signal=USR1@" in rule["slurm_extra"] and "B:" not in rule["slurm_extra"]
+        assert rule["mpi"] == 0   # the launcher starts its own job step
+    assert "--exclusive" in profile["set-resources"]["checkpointing_study"]["slurm_extra"]
+    assert profile["executor"] == "slurm" and profile["retries"] >= 1
+    marked = [line for line in (root / "profiles" / "slurm" / "profile.yaml").read_text().splitlines() if "<──" in line]
+    assert {"slurm_account", "slurm_partition", "runtime", "gpu_model", "mem_mb_per_cpu"} <= {
+        line.strip().lstrip("# ").split(":")[0] for line in marked}

@@ -77,7 +77,7 @@ def run_gpus(wildcards):
 
 def run_nodes(wildcards):
     """Nodes a run spreads over under SLURM (`train.nodes`); on one machine every rank runs there."""
-    return run_spec(wildcards)["train"].get("nodes", 1)
+    return frelon_spec.nodes_of(config, wildcards.run)
 
 
 def run_cpus_per_gpu(wildcards):

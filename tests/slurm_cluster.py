@@ -6,7 +6,9 @@ Fake GPUs are character devices `/dev/nvidia0..3` (major 195, as NVIDIA's): SLUR
 CUDA_VISIBLE_DEVICES only for device files, and a node whose `File=` is missing drains. The config goes
 to /etc/slurm, where SLURM commands look by default: the SLURM executor plugin runs `srun` inside jobs
 with SLURM_CONF removed from the environment. Everything the cluster adds is removed at the end and the
-daemons it started are stopped by PID; files that were there before are put back.
+daemons it started are stopped by PID. It runs only where no SLURM is configured (no
+/etc/slurm/slurm.conf, no slurmctld). It uses the machine's munged if one runs; munge's key
+(/etc/munge/munge.key, made by the Debian package) and /run/munge stay, as the package left them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def missing() -> str | None:
         return f"SLURM is not installed ({', '.join(absent)} missing): .ci/run installs slurm-wlm and munge"
     if os.geteuid() != 0:
         return "starting slurmd and making fake GPU devices needs root"
+    if Path("/etc/slurm/slurm.conf").exists() or subprocess.run(["pgrep", "-x", "slurmctld"],
+                                                               capture_output=True).returncode == 0:
+        return "this machine has a SLURM of its own (/etc/slurm/slurm.conf or a slurmctld): not replaced by a test's"
     return None
 
 

@@ -165,3 +165,14 @@ def test_a_classification_spec_keeps_its_key_order_so_an_upgrade_retrains_nothin
     assert list(spec) == ["experiment", "task", "seed", "device", "output", "data", "model", "train"]
     assert list(spec["model"]) == ["arch", "weights", "norm", "residual", "zero_init_residual", "head_only",
                                    "num_classes", "weights_path"]
+
+
+def test_the_nodes_a_run_spreads_over_stay_out_of_its_spec_so_placing_it_elsewhere_retrains_nothing(demo):
+    from frelon.spec import nodes_of, resolve
+
+    run = "results/runs/scaling/w2-linear-warmup"
+    before = resolve(validate(copy.deepcopy(demo), SCHEMA), run)
+    demo["studies"]["scaling"]["experiments"]["w2-linear-warmup"]["train"]["nodes"] = 2
+    config = validate(demo, SCHEMA)
+    assert resolve(config, run) == before
+    assert nodes_of(config, run) == 2 and nodes_of(config, "results/runs/scaling/w1-warmup") == 1

@@ -1,6 +1,7 @@
 import fcntl
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -261,8 +262,9 @@ def test_under_slurm_the_ranks_run_in_a_job_step_of_their_own_and_nothing_is_loc
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("FRELON_FAKE_GPUS", "1")
     monkeypatch.setenv("FRELON_GPU_LOCKS", "/elsewhere/gpu0.rank.lock")  # an enclosing launch's
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
     monkeypatch.chdir(tmp_path)
-    launcher.launch(["train", "spec.json"], 4, "auto", nodes=2)
+    launcher.launch(["train", "spec.json"], 4, "auto")
     [(cmd, env, fds, _)] = workstation
     assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert cmd[cmd.index("-m") + 1] == "frelon.train.node" and cmd[-3:] == ["--", "train", "spec.json"]
@@ -271,3 +273,52 @@ def test_under_slurm_the_ranks_run_in_a_job_step_of_their_own_and_nothing_is_loc
     assert Path(env["FRELON_PREEMPTED_MARKER"]).parent.parent == tmp_path and not list(tmp_path.glob(".frelon-*"))
     assert fds == [] and "FRELON_GPU_LOCKS" not in env and not (tmp_path / "locks").exists()
     assert not (tmp_path / "launches.jsonl").exists()  # each node records its part (frelon.train.node)
+
+def test_a_lock_file_planted_as_a_symlink_is_refused_and_its_target_left_alone(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "gpu0.lock").symlink_to(secret)
+    with pytest.raises(FrelonError, match="gpu0.lock is a symlink; remove it"):
+        with gpu_slots(1, ["0"], tmp_path / "locks"):
+            pass
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    (tmp_path / "dir-link").symlink_to(tmp_path / "locks")
+    with pytest.raises(FrelonError, match="is not a folder"):
+        with gpu_slots(1, ["0"], tmp_path / "dir-link"):
+            pass
+
+
+def test_in_an_allocation_with_more_gpus_than_the_run_runs_share_them_with_locks(workstation, tmp_path, monkeypatch):
+    # Snakemake run inside `salloc --gpus=4`: a world-size-1 run takes one of the allocation's GPUs
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "1")
+    launcher.launch(["train", "spec.json"], 1, "auto")
+    [(cmd, env, fds, claimed)] = workstation
+    assert cmd[0] != "srun" and env["CUDA_VISIBLE_DEVICES"] == "4" and fds
+
+
+def test_signals_reach_the_ranks_as_what_each_launcher_passes_on(monkeypatch):
+    sent = []
+
+    class Child:
+        def __init__(self, cmd, env, pass_fds):
+            self.cmd = cmd
+
+        def send_signal(self, signum):
+            sent.append(signum)
+
+        def wait(self):
+            for sig in (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM):
+                signal.getsignal(sig)(sig, None)
+            return 0
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", Child)
+    launcher._run_forwarding_signals(["python", "-m", "torch.distributed.run", "-m", "w"], {})
+    assert sent == [signal.SIGTERM, signal.SIGINT, signal.SIGTERM]   # torchrun would die of USR1
+    sent.clear()
+    launcher._run_forwarding_signals(["srun", "python", "-m", "frelon.train.node"], {})
+    assert sent == [signal.SIGUSR1, signal.SIGTERM, signal.SIGTERM]  # srun answers INT with a status line

@@ -82,22 +82,26 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _signal_when_training(work: Path, run_dir: str, proc: subprocess.Popen, timeout: float = 240) -> str:
-    """Once the run has logged an epoch, send its SLURM job the warning signal; returns the job id."""
-    history = work / run_dir / "train.log"
+def _signal_when_training(work: Path, run_dirs: list[str], proc: subprocess.Popen, timeout: float = 240) -> list[str]:
+    """Once each run has logged an epoch, send its SLURM job the warning signal; returns the job ids."""
+    signalled: dict[str, str] = {}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if history.exists() and re.search(r"epoch\s+1\b", history.read_text()):
-            jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True).stdout
+    while len(signalled) < len(run_dirs) and time.monotonic() < deadline and proc.poll() is None:
+        jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True).stdout
+        for run_dir in set(run_dirs) - set(signalled):
+            log = work / run_dir / "train.log"
+            if not (log.exists() and re.search(r"epoch\s+1\b", log.read_text())):
+                continue
             wanted = re.sub(r"\W", "_", run_dir)
             for line in jobs.splitlines():
                 job, _, comment = line.partition(" ")
                 if comment.startswith("rule_train_") and re.sub(r"\W", "_", comment).endswith(wanted):
                     subprocess.run(["scancel", "--signal=USR1", job], check=True)
-                    return job
+                    signalled[run_dir] = job
         time.sleep(0.5)
-    raise AssertionError(f"{run_dir} never reached its second epoch under SLURM:\n" + (
-        history.read_text() if history.exists() else "(no train.log)"))
+    missing = [r for r in run_dirs if r not in signalled]
+    assert not missing, f"{missing} never reached a second epoch under SLURM"
+    return list(signalled.values())
 
 
 def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
@@ -112,31 +116,33 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
     cmd = ["snakemake", "--profile", _profile(work), STUDY, "--configfile", str(config), "--verbose"]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    signalled = _signal_when_training(work, f"results/runs/{STUDY}/w2", proc)
+    # the warning signal, to a one-node and a two-node run in the middle of their training
+    signalled = _signal_when_training(work, [f"results/runs/{STUDY}/w2", f"results/runs/{STUDY}/w2-nodes2"], proc)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-6000:]
     print(f"SLURM run: {time.monotonic() - started:.0f} s")
 
     # every training and evaluation job went through sbatch, with the warning signal the profile asks for
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", out)
-    assert len(submitted) == 3 + 1 + 3, out[-6000:]   # 3 trainings, the signalled one again, 3 evaluations
-    assert signalled in submitted
-    assert out.count("--signal=USR1@600") >= 7
+    assert len(submitted) == 3 + 2 + 3, out[-6000:]   # 3 trainings, the signalled ones again, 3 evaluations
+    assert set(signalled) <= set(submitted)
+    assert out.count("--signal=USR1@600") >= 8
 
-    # each training ran its command once per node (twice for the signalled run) with its world size in GPUs
+    # each training ran its command once per node (twice for the signalled runs) with its world size in GPUs
     launches = [r for r in _records(record) if r["mode"] == "train"]
     by_run: dict[str, list[dict]] = {}
     for r in launches:
         by_run.setdefault(Path(r["spec"]).parent.name, []).append(r)
-    assert sorted((name, len(rs)) for name, rs in by_run.items()) == [("w1", 1), ("w2", 2), ("w2-nodes2", 2)]
+    assert sorted((name, len(rs)) for name, rs in by_run.items()) == [("w1", 1), ("w2", 2), ("w2-nodes2", 4)]
     for name, world in (("w1", 1), ("w2", 2)):
         for r in by_run[name]:
             assert r["slurm_job_id"] in submitted
             assert len(r["cuda_visible_devices"].split(",")) == world
     spread = by_run["w2-nodes2"]
-    assert {r["node"] for r in spread} == {"n1", "n2"}
-    assert len({r["slurm_job_id"] for r in spread}) == 1
+    for job in {r["slurm_job_id"] for r in spread}:   # each attempt: one agent per node, one GPU each
+        assert sorted(r["node"] for r in spread if r["slurm_job_id"] == job) == ["n1", "n2"]
     assert all(len(r["cuda_visible_devices"].split(",")) == 1 for r in spread)
+    assert "nodes" not in json.loads((work / f"results/runs/{STUDY}/w2-nodes2/spec.json").read_text())["train"]
     # concurrent jobs on one node never share a GPU (SLURM packs these jobs onto n1: some do overlap)
     jobs = {r["slurm_job_id"]: _job(r["slurm_job_id"]) for r in _records(record)}
     shared_node = 0
@@ -149,9 +155,9 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
                 assert not set(a["cuda_visible_devices"].split(",")) & set(b["cuda_visible_devices"].split(","))
     assert shared_node > 0
 
-    # the signalled run saved, stopped, and its retry resumed to the uninterrupted run's weights
-    log = (work / f"results/runs/{STUDY}/w2/train.log").read_text()
-    assert "resum" in log.lower()
+    # the signalled runs saved, stopped, and their retries resumed to the uninterrupted runs' weights
+    for name in ("w2", "w2-nodes2"):
+        assert "resumed from" in (work / f"results/runs/{STUDY}/{name}/train.log").read_text()
     for name in ("w1", "w2", "w2-nodes2"):
         ours = torch.load(work / f"results/runs/{STUDY}/{name}/model.pt", weights_only=True)["model"]
         theirs = torch.load(local / f"results/runs/{STUDY}/{name}/model.pt", weights_only=True)["model"]

@@ -93,8 +93,7 @@ def _launch(args: argparse.Namespace, worker_args: list[str]) -> int:
 
     with open(args.spec) as f:
         spec = json.load(f)
-    return launch(worker_args, spec["train"]["world_size"], spec["device"], args.threads,
-                  nodes=spec["train"].get("nodes", 1))
+    return launch(worker_args, spec["train"]["world_size"], spec["device"], args.threads)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -75,6 +75,13 @@ def _locate(config: dict, run: str) -> tuple[str, str, dict, dict]:
     return f"{study}/{name}", experiment.get("dataset", studies[study]["dataset"]), shared, experiment
 
 
+def nodes_of(config: dict, run: str) -> int:
+    """The nodes a run spreads over under SLURM (`train.nodes`). Kept out of the spec: placing the same
+    ranks elsewhere changes no number, so it retrains nothing and a saved state still resumes."""
+    _, _, shared, overrides = _locate(config, run)
+    return _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {})).get("nodes", 1)
+
+
 def task_of(config: dict, run: str) -> str:
     """`detection` for a run on a detection_data set, else `classification`."""
     return "detection" if _locate(config, run)[1] in config.get("detection_data", {}) else "classification"
@@ -84,6 +91,7 @@ def resolve(config: dict, run: str) -> dict:
     """The spec of the run in folder `run`."""
     experiment, dataset_name, shared, overrides = _locate(config, run)
     train = _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {}))
+    train.pop("nodes", None)  # where the ranks run, not what they compute: see nodes_of
     model = _merge(_merge(MODEL_DEFAULTS, shared.get("model", {})), overrides.get("model", {}))
     global_batch = train["batch_size"] * train["world_size"] * train["accumulate"]
     train["global_batch"] = global_batch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import sys
 import time
@@ -28,7 +29,7 @@ from frelon.train import checkpoints
 from frelon.train.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum
 from frelon.train.history import History, peak_memory_mb
 from frelon.train.optim import build_optimizer
-from frelon.train.preemption import Preempted, Preemption
+from frelon.train.preemption import PREEMPTED_MARKER, Preempted, Preemption
 from frelon.train.samplers import ResumableSampler
 from frelon.train.schedules import build_scheduler
 
@@ -80,6 +81,16 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule
 
 class _Diverged(Exception):
     """The loss became non-finite on some rank and the config says to end the run there."""
+
+
+def _stopped_after_save(world: World) -> None:
+    """Before any rank exits: the main rank marks the stop as a request (the launcher then exits 75, where
+    torchrun says 1) and every rank waits until it has saved. A rank that exits early ends its node's
+    torchrun, and under SLURM that ends the whole step (srun --kill-on-bad-exit), the main rank mid-save."""
+    marker = os.environ.get(PREEMPTED_MARKER)
+    if world.is_main and marker:
+        open(marker, "w").close()
+    all_reduce_sum(torch.zeros(1, device=world.device))  # a barrier on every backend
 
 
 def _agree_to_stop(nonfinite: torch.Tensor, preemption: Preemption, world: World, step: int, epoch: int,
@@ -214,6 +225,7 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                 if history.due(step) or save_now or batch_in_epoch == batches_per_epoch:
                     if _agree_to_stop(nonfinite, preemption, world, step, epoch, state_path, on_divergence):
                         save_state()
+                        _stopped_after_save(world)
                         raise Preempted(f"stopped on request at iteration {step}; state saved to {state_path}")
                     history.iteration(step, epoch, loss.item(), lr, data_time, time.perf_counter() - tick,
                                       cfg["batch_size"] * accumulate * world.world_size)

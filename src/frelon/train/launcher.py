@@ -62,6 +62,7 @@ Environment variables
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -151,7 +152,10 @@ def _lock_dir(path: str | os.PathLike) -> Path:
     try:
         os.mkdir(path, 0o777)
     except FileExistsError:
-        st = path.stat()
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):  # a symlink planted by another user would redirect our chmod
+            raise FrelonError(f"the GPU lock folder {path} is not a folder (a link?); remove it, or set "
+                              f"{LOCK_DIR_VAR} to a folder of your own") from None
         if (str(path) == DEFAULT_LOCK_DIR and st.st_uid == os.geteuid()
                 and stat.S_IMODE(st.st_mode) & 0o1777 != 0o1777):
             with contextlib.suppress(OSError):
@@ -163,25 +167,32 @@ def _lock_dir(path: str | os.PathLike) -> Path:
 
 def _open_lock(path: Path) -> int:
     """A descriptor on the lock file `path` (for flock), created 0666 if missing; read-only when
-    the file exists but may not be opened for writing. Not inherited by children (O_CLOEXEC)."""
+    the file exists but may not be opened for writing. Not inherited by children (O_CLOEXEC).
+    Never through a symlink, and never a file that is not a plain, singly linked one: in a folder
+    every user writes to, that could make us chmod another file (O_NOFOLLOW, then fstat)."""
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | flags)
         except FileNotFoundError:
             pass
         except PermissionError:
             try:
-                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                return _plain_file(os.open(path, os.O_RDONLY | flags), path)
             except FileNotFoundError:
                 continue
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FrelonError(f"the GPU lock file {path} is a symlink; remove it") from None
+            raise
         else:
-            st = os.fstat(fd)
+            st = os.fstat(_plain_file(fd, path))
             if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o666:
                 with contextlib.suppress(OSError):
                     os.fchmod(fd, 0o666)  # ours, from an older version or another umask
             return fd
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | flags, 0o666)
         except FileExistsError:
             continue  # someone created it in between: open theirs
         except PermissionError as exc:
@@ -191,6 +202,14 @@ def _open_lock(path: Path) -> int:
                               f"{LOCK_DIR_VAR} to such a folder") from None
         os.fchmod(fd, 0o666)  # the umask took bits off; every user must be able to open it read-write
         return fd
+
+
+def _plain_file(fd: int, path: Path) -> int:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise FrelonError(f"the GPU lock file {path} is not a plain file with one link; remove it")
+    return fd
 
 
 def _try_flock(fd: int, how: int) -> bool:
@@ -341,10 +360,20 @@ def record_launch(env: dict[str, str], worker_args: list[str], gpus: list[str], 
 
 
 def _run_forwarding_signals(cmd: list[str], env: dict[str, str], pass_fds: list[int] = ()) -> int:
-    """Run `cmd` (inheriting `pass_fds`); SIGTERM/SIGINT/SIGUSR1 sent to us are passed on to it
-    (torchrun relays them to ranks)."""
+    """Run `cmd` (inheriting `pass_fds`); SIGTERM/SIGINT/SIGUSR1 sent to us are passed on to it, as
+    SIGTERM where it would not pass them on itself: torchrun dies of SIGUSR1 (its ranks would be left
+    mid-save) but relays SIGTERM to them, and srun answers SIGINT with a status line only."""
     child = subprocess.Popen(cmd, env=env, pass_fds=tuple(pass_fds))
-    previous = {sig: signal.signal(sig, lambda s, _f: child.send_signal(s)) for sig in FORWARDED_SIGNALS}
+    relayed = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    if "torch.distributed.run" in cmd:
+        relayed.discard(signal.SIGUSR1)
+    if cmd[0] == "srun":
+        relayed.discard(signal.SIGINT)
+
+    def forward(signum: int, _frame) -> None:
+        child.send_signal(signum if signum in relayed else signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         return child.wait()
     finally:
@@ -352,31 +381,31 @@ def _run_forwarding_signals(cmd: list[str], env: dict[str, str], pass_fds: list[
             signal.signal(sig, handler)
 
 
-def launch(worker_args: list[str], world_size: int, device: str, threads: int | None = None,
-           nodes: int = 1) -> int:
+def launch(worker_args: list[str], world_size: int, device: str, threads: int | None = None) -> int:
     """Start `frelon.train.worker` on `world_size` processes; returns the exit code: 0, 75 when the
     run stopped on request with its state saved (rerun to resume), otherwise the failure's code.
     torchrun turns any failed rank into 1, so ranks that stop on request leave a marker file.
 
-    Inside a SLURM allocation the ranks run in a job step of their own, on `nodes` nodes
-    (frelon.train.slurm); elsewhere all of them run on this machine, whatever `nodes` says."""
+    In a SLURM allocation made for this run (the profile's jobs: exactly its GPUs, or several nodes)
+    the ranks run in a job step of their own over the allocation's nodes (frelon.train.slurm). In an
+    allocation with more GPUs than the run needs (Snakemake run inside `salloc` or `sbatch`), runs
+    share its GPUs as on a workstation, with locks."""
     env = dict(os.environ)
     for name in (RANK_LOCKS_VAR, LEASE_VAR):  # an enclosing launch's, never this one's
         env.pop(name, None)
-    if "SLURM_JOB_ID" in env:  # the allocation owns its GPUs: no locks
+    gpus = visible_gpus(device)
+    if "SLURM_JOB_ID" in env:
         from frelon.train import slurm
 
-        cmd = slurm.step_command(worker_args, world_size, nodes, device)
-        # the marker goes where every node sees it: rank 0 may run on any node of the step
-        with tempfile.TemporaryDirectory(prefix=".frelon-launch-", dir=os.getcwd()) as tmp:
-            marker = Path(tmp) / "preempted"
-            env[PREEMPTED_MARKER] = str(marker)
-            code = _run_forwarding_signals(cmd, env)
-            return EXIT_PREEMPTED if code != 0 and marker.exists() else code
-    if nodes > 1:
-        print(f"train.nodes: {nodes} places ranks under SLURM; here all {world_size} run on this machine",
-              file=sys.stderr, flush=True)
-    gpus = visible_gpus(device)
+        nodes = slurm.allocation_nodes(env["SLURM_JOB_ID"])
+        if nodes > 1 or len(gpus) <= world_size:
+            cmd = slurm.step_command(worker_args, world_size, nodes, device)
+            # the marker goes where every node sees it: rank 0 may run on any node of the step
+            with tempfile.TemporaryDirectory(prefix=".frelon-launch-", dir=os.getcwd()) as tmp:
+                marker = Path(tmp) / "preempted"
+                env[PREEMPTED_MARKER] = str(marker)
+                code = _run_forwarding_signals(cmd, env)
+                return EXIT_PREEMPTED if code != 0 and marker.exists() else code
     lock_dir = env.get(LOCK_DIR_VAR, DEFAULT_LOCK_DIR)
     slots = gpu_slots(world_size, gpus, lock_dir) if gpus else contextlib.nullcontext(Claim([]))
     with slots as claim:

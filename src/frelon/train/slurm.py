@@ -19,11 +19,27 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+
+from frelon.errors import FrelonError
 
 
 def in_allocation(env: dict[str, str] | None = None) -> bool:
     return "SLURM_JOB_ID" in (os.environ if env is None else env)
+
+
+def allocation_nodes(job: str) -> int:
+    """How many nodes the allocation has (the SLURM executor's job step hides SLURM_JOB_NUM_NODES)."""
+    listed = os.environ.get("SLURM_JOB_NUM_NODES")
+    if listed:
+        return int(listed)
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%D"], capture_output=True, text=True)
+    try:
+        return int(out.stdout.split()[0])
+    except (IndexError, ValueError):
+        raise FrelonError(f"cannot tell how many nodes SLURM job {job} has (squeue -j {job}: "
+                          f"{(out.stderr or out.stdout).strip() or 'no output'})") from None
 
 
 def free_port(host: str = "") -> int:

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if world.world_size != spec["train"]["world_size"]:  # e.g. SLURM spread the GPUs unevenly over nodes
             raise FrelonError(f"{spec['experiment']}: {world.world_size} processes started but train.world_size "
-                              f"is {spec['train']['world_size']}; ask for whole GPUs per node (gpus-per-node)")
+                              f"is {spec['train']['world_size']}; SLURM spread the GPUs unevenly over the nodes: append "
+                              f"--gpus-per-node=<GPUs per node> to slurm_extra in profiles/slurm/profile.yaml")
         if args.mode == "train":
             engine.fit(tasks.build(spec), spec, world)
         else:

@@ -125,6 +125,19 @@ def _detect(args: argparse.Namespace) -> None:
                       Path(args.draw) / f"{path.stem}.png", columns=1)
 
 
+def _classify(args: argparse.Namespace) -> None:
+    from frelon.atomic import write_text
+    from frelon.tasks.classify import classify
+
+    table = classify(args.checkpoint, args.images, device=args.device)
+    write_text(args.out, table.to_csv(index=False))
+    for row in table.itertuples():
+        print(f"{row.file}: " + (row.error if isinstance(row.error, str) else f"{row.predicted} {row.probability:.3f}"))
+    unreadable = table[table["error"].notna()]
+    print(f"{len(table) - len(unreadable)} images classified, {len(unreadable)} unreadable"
+          + (f" ({', '.join(unreadable['file'])})" if len(unreadable) else "") + f": {args.out}")
+
+
 def _export_weights(args: argparse.Namespace) -> None:
     from frelon.models.weights import export
 
@@ -242,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip-test", action="store_true", help="average with the mirrored image (slower)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=_detect)
+
+    p = sub.add_parser("classify", help="run a trained classifier on images: class probabilities per image (CSV)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model.pt of a classification run")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--out", required=True, metavar="PREDICTIONS.csv")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=_classify)
 
     p = sub.add_parser("export-weights", help="write a checkpoint's model as torchvision weights + .sha256")
     p.add_argument("checkpoint")

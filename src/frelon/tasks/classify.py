@@ -1,0 +1,73 @@
+"""`frelon classify`: a trained classifier on your own photos (a hornet trap's camera, a beekeeper's
+pictures), with the preprocessing it was trained with; class probabilities per image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import UnidentifiedImageError
+
+from frelon.data.folder import load_square
+from frelon.errors import FrelonError
+from frelon.models.resnet import ResNet
+from frelon.tasks.detection.inference import image_files
+
+
+def load_classifier(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict, list[str]]:
+    """The trained network of a classification run's model.pt, its preprocessing and class names."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    task = state.get("spec", {}).get("task")
+    if task != "classification":
+        raise FrelonError(f"{checkpoint} is a {task or 'unknown'} model, not a classifier: give the model.pt of a "
+                          f"classification run (results/runs/<study>/<experiment>/model.pt)")
+    if state.get("diverged"):
+        raise FrelonError(f"{checkpoint} diverged during training (iteration {state['diverged']['step']}): "
+                          f"its weights are not finite")
+    m = state["spec"]["model"]
+    model = ResNet(m["arch"], m["num_classes"], m["norm"], m["residual"], m["zero_init_residual"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state["preprocessing"], [c["name"] for c in state["classes"]]
+
+
+def classify(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], device: str = "auto",
+             batch_size: int = 32) -> pd.DataFrame:
+    """One row per image file, in the order given (folders: sorted): file, predicted class, its
+    probability, one `p_<class>` column per class, and `error` for a file that could not be read
+    (its probabilities left empty, never guessed)."""
+    model, pre, names = load_classifier(checkpoint)
+    target = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    model.to(target)
+    mean, std = torch.tensor(pre["mean"]).view(1, 3, 1, 1), torch.tensor(pre["std"]).view(1, 3, 1, 1)
+    rows: list[dict] = []
+    batch: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        x = (torch.stack([t for _, t in batch]).float() / 255 - mean) / std
+        with torch.no_grad():
+            probabilities = model(x.to(target)).float().softmax(1).cpu()
+        for (row, _), p in zip(batch, probabilities):
+            best = int(p.argmax())
+            rows[row].update(predicted=names[best], probability=float(p[best]),
+                             **{f"p_{name}": float(v) for name, v in zip(names, p)})
+        batch.clear()
+
+    for path in image_files(inputs):
+        rows.append({"file": str(path), "predicted": None, "probability": None, "error": None})
+        try:  # as in training: EXIF orientation applied, shorter side resized, centre crop
+            pixels = torch.from_numpy(load_square(path, pre["crop"], pre["resize"]))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            rows[-1]["error"] = f"unreadable: {exc}"
+            continue
+        batch.append((len(rows) - 1, pixels))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    table = pd.DataFrame(rows, columns=["file", "predicted", "probability", *(f"p_{n}" for n in names), "error"])
+    if table["error"].notna().all():
+        raise FrelonError(f"none of the {len(table)} files could be read as an image: "
+                          f"{table['error'].iloc[0]} ({table['file'].iloc[0]})")
+    return table

@@ -14,18 +14,12 @@ from frelon.data.folder import load_square
 from frelon.errors import FrelonError
 from frelon.models.resnet import ResNet
 from frelon.tasks.detection.inference import image_files
+from frelon.train.checkpoints import load_trained
 
 
 def load_classifier(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict, list[str]]:
     """The trained network of a classification run's model.pt, its preprocessing and class names."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    task = state.get("spec", {}).get("task")
-    if task != "classification":
-        raise FrelonError(f"{checkpoint} is a {task or 'unknown'} model, not a classifier: give the model.pt of a "
-                          f"classification run (results/runs/<study>/<experiment>/model.pt)")
-    if state.get("diverged"):
-        raise FrelonError(f"{checkpoint} diverged during training (iteration {state['diverged']['step']}): "
-                          f"its weights are not finite")
+    state = load_trained(checkpoint, "classification")
     m = state["spec"]["model"]
     model = ResNet(m["arch"], m["num_classes"], m["norm"], m["residual"], m["zero_init_residual"])
     model.load_state_dict(state["model"])

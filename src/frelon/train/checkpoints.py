@@ -72,3 +72,22 @@ def load(path: str | os.PathLike, spec: dict) -> dict | None:
             f"to start this spec from scratch."
         )
     return state
+
+
+# What each task's model is called in errors, and where its model.pt files are
+_TRAINED = {"classification": ("classifier", "results/runs/<study>/<experiment>/model.pt"),
+            "detection": ("detector", "results/runs/<detection study>/<experiment>/model.pt")}
+
+
+def load_trained(checkpoint: str | os.PathLike, task: str) -> dict:
+    """A run's model.pt, checked to hold a trained `task` model with finite weights."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    found = state.get("spec", {}).get("task")
+    if found != task:
+        noun, where = _TRAINED[task]
+        raise FrelonError(f"{checkpoint} is a {found or 'unknown'} model, not a {noun}: give the model.pt of a "
+                          f"{task} run ({where})")
+    if state.get("diverged"):
+        raise FrelonError(f"{checkpoint} diverged during training (iteration {state['diverged']['step']}): "
+                          f"its weights are not finite")
+    return state

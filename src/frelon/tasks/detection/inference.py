@@ -15,6 +15,7 @@ from frelon.data.images import load_rgb
 from frelon.data.transforms import Letterbox, apply, detection_transform
 from frelon.errors import FrelonError
 from frelon.tasks.detection.task import build_model, predict, to_results
+from frelon.train.checkpoints import load_trained
 
 
 def image_files(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -34,14 +35,7 @@ def image_files(inputs: list[str | os.PathLike]) -> list[Path]:
 
 def load_detector(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict, CategoryIndex]:
     """The trained CenterNet of a detection run's model.pt, its preprocessing and its classes."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    task = state.get("spec", {}).get("task")
-    if task != "detection":
-        raise FrelonError(f"{checkpoint} is a {task or 'unknown'} model, not a detector: give the model.pt of a "
-                          f"detection run (results/runs/<detection study>/<experiment>/model.pt)")
-    if state.get("diverged"):
-        raise FrelonError(f"{checkpoint} diverged during training (iteration {state['diverged']['step']}): "
-                          f"its weights are not finite")
+    state = load_trained(checkpoint, "detection")
     model = build_model(state["spec"]["model"], len(state["classes"]))
     model.load_state_dict(state["model"])
     return model.eval(), state["preprocessing"], CategoryIndex(state["classes"])

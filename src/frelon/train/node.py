@@ -19,9 +19,14 @@ from frelon.errors import FrelonError
 from frelon.train.launcher import THREAD_VARIABLES, record_launch
 
 
+def node_gpus(device: str, env: dict[str, str]) -> list[str]:
+    """The GPU ids SLURM gave this node's part of the step (none when the run is pinned to the CPU)."""
+    return [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g] if device != "cpu" else []
+
+
 def local_processes(world_size: int, nodes: int, device: str, env: dict[str, str]) -> int:
     """Ranks to start on this node: one per GPU the step has here, else an equal share of world_size."""
-    gpus = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g] if device != "cpu" else []
+    gpus = node_gpus(device, env)
     if gpus:
         if nodes == 1 and len(gpus) != world_size:
             raise FrelonError(f"world_size {world_size} but the allocation has {len(gpus)} GPUs "
@@ -68,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except FrelonError as exc:
         print(f"frelon.train.node: {exc}", file=sys.stderr, flush=True)
         return 2
-    gpus = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g] if args.device != "cpu" else []
-    record_launch(env, args.worker_args, gpus, args.world_size, local_processes=int(env["LOCAL_PROCESSES"]))
+    record_launch(env, args.worker_args, node_gpus(args.device, env), args.world_size,
+                  local_processes=int(env["LOCAL_PROCESSES"]))
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # kept across exec: see the module docstring
     os.execve(cmd[0], cmd, env)
     return 0  # not reached

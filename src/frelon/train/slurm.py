@@ -25,10 +25,6 @@ import sys
 from frelon.errors import FrelonError
 
 
-def in_allocation(env: dict[str, str] | None = None) -> bool:
-    return "SLURM_JOB_ID" in (os.environ if env is None else env)
-
-
 def allocation_nodes(job: str) -> int:
     """How many nodes the allocation has (the SLURM executor's job step hides SLURM_JOB_NUM_NODES)."""
     listed = os.environ.get("SLURM_JOB_NUM_NODES")

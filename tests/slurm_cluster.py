@@ -120,7 +120,9 @@ PartitionName=cpu Nodes={nodes} MaxTime=INFINITE State=UP
         run_dir = Path("/run/munge")
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(run_dir, "munge", "munge")
-        pidfile = self.dir / "munged.pid"
+        # munged, running as munge, must reach its PID file's folder: pytest's tmp folders are root's 0700
+        pidfile = run_dir / "frelon-test-munged.pid"
+        pidfile.unlink(missing_ok=True)
         if not Path("/etc/munge/munge.key").exists():
             subprocess.run(["runuser", "-u", "munge", "--", "mungekey", "--create"], check=True)
         subprocess.run(["runuser", "-u", "munge", "--", "munged", f"--pid-file={pidfile}"], check=True)

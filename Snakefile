@@ -19,6 +19,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/studies.smk"
 include: "rules/report.smk"
 
 
@@ -40,10 +41,13 @@ localrules:
     spec,
     study_table,
     metrics,
+    claims,
+    study_figure,
+    scaling_figure,
 
 
 rule all:
     default_target: True
     input:
-        rules.report.input,
+        rules.report.output,
         rules.data.input,

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from frelon.evaluate.memory import device_name
+from frelon.studies.checkpointing import device_name
 from frelon.models.centernet import DECODERS, CenterNet
 from frelon.tasks.detection.loss import centernet_loss
 from frelon.tasks.detection.targets import build_targets

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from frelon.evaluate import memory
+from frelon.studies import checkpointing as study
 
 STAGES = ["layer1", "layer2", "layer3", "layer4"]
 
@@ -24,7 +24,7 @@ STAGES = ["layer1", "layer2", "layer3", "layer4"]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model", default="resnet18", choices=memory.MODELS)
+    parser.add_argument("--model", default="resnet18", choices=study.MODELS)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
@@ -34,21 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time-ratio", type=float, default=1.4)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    x, y = memory._batch(args.batch, args.size, device)
+    x, y = study._batch(args.batch, args.size, device)
     result = {"bench": "checkpointing", "model": args.model, "size": args.size, "batch": args.batch,
-              "device": memory.device_name(device)}
+              "device": study.device_name(device)}
     times: dict[str, list[float]] = {"none": [], "stages": []}
     for name, policy in (("none", "none"), ("stages", STAGES)):
-        model = memory.build(args.model, policy, device)
-        result[f"saved_mb_{name}"] = round(memory.saved_activation_bytes(model, x, y) / memory.MB, 1)
+        model = study.build(args.model, policy, device)
+        result[f"saved_mb_{name}"] = round(study.saved_activation_bytes(model, x, y) / study.MB, 1)
         del model  # not allocated while the peak of the next measurement is taken
         if device.type == "cuda":
-            result[f"peak_mb_{name}"] = round(memory.training_memory_bytes(args.model, policy, args.batch,
-                                                                           args.size, device) / memory.MB, 1)
+            result[f"peak_mb_{name}"] = round(study.training_memory_bytes(args.model, policy, args.batch,
+                                                                          args.size, device) / study.MB, 1)
     for _ in range(args.rounds):  # alternate, so that drift in machine speed hits both alike
         for name, policy in (("none", "none"), ("stages", STAGES)):
-            model = memory.build(args.model, policy, device)
-            times[name].append(memory.step_seconds(model, x, y, args.steps, args.warmup))
+            model = study.build(args.model, policy, device)
+            times[name].append(study.step_seconds(model, x, y, args.steps, args.warmup))
     for name in times:
         result[f"step_ms_{name}"] = round(1000 * min(times[name]), 1)
     result["saved_ratio"] = round(result["saved_mb_stages"] / result["saved_mb_none"], 3)

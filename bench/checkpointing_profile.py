@@ -22,7 +22,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from frelon.evaluate import memory
+from frelon.studies import checkpointing as study
 from frelon.models import checkpointing
 
 STAGES = ["layer1", "layer2", "layer3", "layer4"]
@@ -41,23 +41,23 @@ def variant(preserve_rng_state: bool = True, keep_statistics: bool = True):
 
 
 def measure(model_name: str, policy, batch: int, size: int, device: torch.device, steps: int) -> dict:
-    model = memory.build(model_name, policy, device)
-    x, y = memory._batch(batch, size, device)
-    step_ms = 1000 * memory.step_seconds(model, x, y, steps, warmup=5)
+    model = study.build(model_name, policy, device)
+    x, y = study._batch(batch, size, device)
+    step_ms = 1000 * study.step_seconds(model, x, y, steps, warmup=5)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     host = []
     for _ in range(steps):
-        memory._sync(device)
+        study._sync(device)
         start = time.perf_counter()
-        memory._train_step(model, optimizer, x, y)
+        study._train_step(model, optimizer, x, y)
         host.append(time.perf_counter() - start)  # issued, not necessarily run
-    memory._sync(device)
+    study._sync(device)
     row = {"step_ms": round(step_ms, 2), "host_ms": round(1000 * statistics.median(host), 2)}
     if device.type == "cuda":
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
-                memory._train_step(model, optimizer, x, y)
-            memory._sync(device)
+                study._train_step(model, optimizer, x, y)
+            study._sync(device)
         kernel_us = sum(e.self_device_time_total for e in prof.key_averages())
         row["kernel_ms"] = round(kernel_us / 1000 / 3, 2)
     return row
@@ -66,7 +66,7 @@ def measure(model_name: str, policy, batch: int, size: int, device: torch.device
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--model", default="resnet18", choices=memory.MODELS)
+    parser.add_argument("--model", default="resnet18", choices=study.MODELS)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batches", type=int, nargs="+", default=[8])
     parser.add_argument("--steps", type=int, default=15)

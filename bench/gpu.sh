@@ -41,7 +41,7 @@ step exactness "${EXACTNESS_LIMIT:-100}" "$PY" -m pytest -q -p no:cacheprovider 
 step bench_checkpointing "${BENCH_LIMIT:-90}" "$PY" bench/checkpointing.py --device cuda --batch 256 --steps 20 --warmup 5
 step study "${STUDY_LIMIT:-360}" "$PY" -c '
 import sys, yaml
-from frelon.evaluate.memory import run_study
+from frelon.studies.checkpointing import run_study
 out = sys.argv[1]
 settings = yaml.safe_load(open("config/config.yaml"))["checkpointing"]
 run_study(settings, "cuda", f"{out}/checkpointing.csv", f"{out}/checkpointing.md", f"{out}/checkpointing.png")

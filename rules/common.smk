@@ -5,9 +5,10 @@ import urllib.parse
 
 from frelon import config as frelon_config
 from frelon import spec as frelon_spec
+from frelon.report import claims as frelon_claims
 from frelon.train.launcher import gpu_count
 
-RUN = r"results/runs/[^/]+/[^/]+|data/demo/pretrain"
+RUN = r"results/runs/[^/]+/[^/]+(?:/seed[0-9]+)?|data/demo/pretrain"
 DETECTION = config.get("detection_data", {})
 # Run folders of detection experiments (their evaluation writes more files); a regex that matches nothing if none
 DETECTION_RUNS = (
@@ -43,7 +44,7 @@ TIMED_RUNS = {
 wildcard_constraints:
     run=RUN,
     dataset="|".join(map(re.escape, config["datasets"])),
-    study=r"[^/]+",
+    study="|".join(map(re.escape, config["studies"])),
     file="|".join(map(re.escape, ARCHIVES)) or "^$",
     name=r"[^/]+",
 
@@ -184,3 +185,51 @@ def study_references(wildcards):
 
 def study_metrics(wildcards):
     return [f"{run}/metrics.json" for run in frelon_spec.all_runs(config, wildcards.study)]
+
+
+def study_runs(study):
+    """A study's run folders: every experiment, every seed."""
+    return frelon_spec.all_runs(config, study)
+
+
+def scaling_studies():
+    """Studies with runs on one process and on several: their table has a speed-up to plot."""
+    out = []
+    for study in config["studies"]:
+        sizes = {frelon_spec.resolve(config, run)["train"]["world_size"] for run in study_runs(study)}
+        if 1 in sizes and len(sizes) > 1:
+            out.append(study)
+    return out
+
+
+def augment_settings(study):
+    """The online augmentation settings a study's experiments use, when it varies them (else none)."""
+    runs = [frelon_spec.resolve(config, run) for run in study_runs(study)]
+    settings = [r["data"]["augment"] for r in runs if r["task"] == "classification"]
+    distinct = list(dict.fromkeys(map(tuple, settings)))
+    return [list(s) for s in distinct] if len(distinct) > 1 else []
+
+
+def adversarial_runs():
+    """The run folders the adversarial study attacks: its models' runs (a study with seeds: the first)."""
+    adversarial = config["adversarial"]
+    study = config["studies"][adversarial["study"]]
+    seed = study.get("seeds", [None])[0]
+    return {name: frelon_spec.run_dir(adversarial["study"], name, seed) for name in adversarial["models"]}
+
+
+def report_figures():
+    """Every figure the report shows, by the section it belongs to."""
+    figures = {study: [f"results/figures/{study}.png"] for study in config["studies"]}
+    for study in scaling_studies():
+        figures[study].append(f"results/figures/{study}-scaling.png")
+    for study in config["studies"]:
+        if augment_settings(study):
+            figures[study].append(f"results/figures/{study}-augment.png")
+        figures[study] += [
+            f"{run}/predictions.png"
+            for run in frelon_spec.runs_by_experiment(config, study).values()
+            for run in run[:1]
+            if frelon_spec.task_of(config, run) == "detection"
+        ]
+    return figures

@@ -1,38 +1,5 @@
-# Evaluation: score each trained model on its test split, every image exactly once across ranks.
-
-
-rule evaluate:
-    input:
-        unpack(run_inputs),
-        spec="{run}/spec.json",
-        model="{run}/model.pt",
-    output:
-        metrics="{run}/metrics.json",
-    log:
-        "{run}/evaluate.log",
-    conda:
-        "../envs/frelon.yaml"
-    threads: run_world_size
-    resources:
-        gpu=run_gpus,
-        nodes=run_nodes,
-        cpus_per_gpu=run_cpus_per_gpu,
-    shell:
-        "frelon evaluate {input.spec} --checkpoint {input.model} --out {output.metrics}"
-        " --threads {threads} > {log} 2>&1"
-
-
-# A detection run also writes its detections (COCO results) and a picture of validation images.
-use rule evaluate as evaluate_detection with:
-    output:
-        metrics="{run}/metrics.json",
-        detections="{run}/detections.json",
-        picture="{run}/predictions.png",
-    wildcard_constraints:
-        run=DETECTION_RUNS,
-
-
-ruleorder: evaluate_detection > evaluate
+# Evaluation happens in the training job (rules/train.smk), which writes each run's metrics.json;
+# `frelon evaluate` scores a checkpoint again by hand.
 
 
 rule runs:

@@ -1,4 +1,5 @@
-# Training: resolve each experiment into spec.json, then train it through the launcher (torchrun).
+# Training: resolve each experiment into spec.json, then train it through the launcher (torchrun), and
+# score the test split in the same processes (metrics.json; every image exactly once across ranks).
 # A timed study's runs (scaling) each take the whole machine: no other job runs beside them.
 
 
@@ -22,6 +23,7 @@ rule train:
     output:
         model="{run}/model.pt",
         history="{run}/history.csv",
+        metrics="{run}/metrics.json",
     log:
         "{run}/train.log",
     conda:
@@ -33,4 +35,29 @@ rule train:
         cpus_per_gpu=run_cpus_per_gpu,
         machine=run_machine,
     shell:
-        "frelon train {input.spec} --threads {threads} > {log} 2>&1"
+        "frelon train {input.spec} --metrics {output.metrics} --threads {threads} > {log} 2>&1"
+
+
+# A detection run's evaluation also writes its detections (COCO results) and a picture of validation images.
+use rule train as train_detection with:
+    output:
+        model="{run}/model.pt",
+        history="{run}/history.csv",
+        metrics="{run}/metrics.json",
+        detections="{run}/detections.json",
+        picture="{run}/predictions.png",
+    wildcard_constraints:
+        run=DETECTION_RUNS,
+
+
+ruleorder: train_detection > train
+
+
+# The demo's pretraining goes first: every run from its weights waits for it.
+use rule train as train_pretrain with:
+    wildcard_constraints:
+        run=frelon_spec.PRETRAIN_RUN,
+    priority: 10
+
+
+ruleorder: train_pretrain > train

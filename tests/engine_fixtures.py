@@ -22,7 +22,7 @@ def prepared_hornet(root: Path, presence: int = 20, absence: int = 28, size: int
 def make_spec(data_dir: Path, out: Path, **train) -> dict:
     """The demo's finetune/random spec on `data_dir`, writing to `out`, with `train` overrides."""
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    spec = frelon_spec.resolve(config, "results/runs/finetune/random")
+    spec = frelon_spec.resolve(config, "results/runs/finetune/random/seed0")
     spec["data"]["dir"] = str(data_dir)
     report = json.loads((data_dir / "report.json").read_text())
     spec["data"]["preprocessing"].update(resize=report["resize"], crop=report["image_size"])

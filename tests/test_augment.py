@@ -43,3 +43,11 @@ def test_an_unprepared_folder_is_named(tmp_path):
     with pytest.raises(FrelonError, match="has no train.pt: prepare the dataset first"):
         augment_split(tmp_path, tmp_path / "aug", {}, seed=0)
     assert not (tmp_path / "aug").exists()
+
+
+def test_the_offline_pipeline_is_every_shared_transform_in_order():
+    from frelon.data.augment import DEFAULTS, ORDER, pipeline, transforms
+
+    steps = [type(t).__name__ for t in pipeline({}).transforms]
+    assert steps == ["ToDtype", *(type(t).__name__ for t in transforms(ORDER, DEFAULTS)), "ToDtype"]
+    assert steps[1:-1] == ["RandomHorizontalFlip", "RandomAffine", "ColorJitter", "GaussianNoise", "RandomErasing"]

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from frelon.errors import FrelonError
-from frelon.evaluate import memory
+from frelon.studies import checkpointing as study
 from frelon.models import checkpointing
 from frelon.models.centernet import DECODERS, HEATMAP_BIAS, CenterNet
 from frelon.models.resnet import ResNet
@@ -122,7 +122,7 @@ def one_step(decoder: str, policy):
 
 
 # sqrt cuts layer1.0-layer2.0 into one segment, across the U-Net's first skip
-@pytest.mark.parametrize("policy", [["layer2", "layer4", "decoder"], "all", "sqrt"], ids=memory.policy_label)
+@pytest.mark.parametrize("policy", [["layer2", "layer4", "decoder"], "all", "sqrt"], ids=study.policy_label)
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_gradients_and_statistics_equal_those_without_checkpointing(decoder, policy):
     grads, buffers = one_step(decoder, "none")
@@ -137,7 +137,7 @@ def test_gradients_and_statistics_equal_those_without_checkpointing(decoder, pol
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_checkpointing_saves_fewer_bytes_from_none_to_all(decoder):
     x, y = torch.randn(2, 3, 64, 64), torch.zeros(2, dtype=torch.long)
-    saved = {memory.policy_label(p): memory.saved_activation_bytes(
+    saved = {study.policy_label(p): study.saved_activation_bytes(
                  checkpointing.apply(CenterNet(num_classes=3, decoder=decoder), p).train(), x, y)
              for p in ["none", ["layer2", "layer4", "decoder"], "all"]}
     assert saved["none"] > saved["layer2+layer4+decoder"] > saved["all"]

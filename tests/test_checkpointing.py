@@ -1,6 +1,6 @@
 """Gradient checkpointing: policies, exact gradients and batch-norm statistics, DDP, saved bytes."""
 
-import os
+import threading
 
 import pytest
 import torch
@@ -8,12 +8,12 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from frelon.errors import FrelonError
-from frelon.evaluate import memory
+from frelon.studies import checkpointing as study
 from frelon.models import checkpointing
 from frelon.models.centernet import CenterNet
 from frelon.models.resnet import ResNet
 from frelon.train import distributed, engine
-from test_distributed_eval import free_port
+from test_distributed_eval import free_port, join
 
 NAMES18 = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
 POLICIES = ["none", ["layer2", "layer4"], ["layer1.1", "layer3"], "sqrt", "all"]
@@ -62,7 +62,7 @@ def one_step(arch: str, policy, norm: str = "batch", precision: str = "fp32", se
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("policy", POLICIES[1:], ids=memory.policy_label)
+@pytest.mark.parametrize("policy", POLICIES[1:], ids=study.policy_label)
 def test_gradients_and_batch_norm_statistics_equal_those_without_checkpointing(policy, device):
     grads, buffers, weights = one_step("resnet18", "none", device=device)
     grads_c, buffers_c, weights_c = one_step("resnet18", policy, device=device)
@@ -103,7 +103,7 @@ def test_centernet_units_are_the_backbone_blocks_and_the_decoder_stages():
 
 
 @pytest.mark.parametrize("policy", [["layer2", "layer4", "decoder"], ["decoder.1"], "sqrt", "all"],
-                         ids=memory.policy_label)
+                         ids=study.policy_label)
 @pytest.mark.parametrize("device", DEVICES)
 def test_centernet_gradients_and_statistics_equal_those_without_checkpointing(policy, device):
     grads, buffers = centernet_step("none", device)
@@ -116,8 +116,8 @@ def test_centernet_gradients_and_statistics_equal_those_without_checkpointing(po
 
 def test_centernet_saved_bytes_decrease_from_none_to_all():
     x, y = torch.randn(2, 3, 64, 64), torch.zeros(2, dtype=torch.long)
-    saved = {memory.policy_label(p): memory.saved_activation_bytes(memory.build("centernet-resnet18", p,
-                                                                                torch.device("cpu")), x, y)
+    saved = {study.policy_label(p): study.saved_activation_bytes(study.build("centernet-resnet18", p,
+                                                                             torch.device("cpu")), x, y)
              for p in ["none", ["layer2", "layer4", "decoder"], "all"]}
     assert saved["none"] > saved["layer2+layer4+decoder"] > saved["all"]
 
@@ -135,16 +135,63 @@ def test_a_frozen_backbone_keeps_its_statistics_with_checkpointing():
 
 def test_saved_activation_bytes_decrease_strictly_from_none_to_all():
     x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 10, (4,))
-    saved = {memory.policy_label(p): memory.saved_activation_bytes(memory.build("resnet18", p, torch.device("cpu")),
-                                                                  x, y)
+    saved = {study.policy_label(p): study.saved_activation_bytes(study.build("resnet18", p, torch.device("cpu")),
+                                                                x, y)
              for p in ["none", ["layer2", "layer4"], ["layer1", "layer2", "layer3", "layer4"], "all", "sqrt"]}
     assert saved["none"] > saved["layer2+layer4"] > saved["all"] and saved["sqrt"] < saved["none"]
     # per-stage checkpointing stores only the four stage inputs of the 8 blocks' activations
     assert saved["layer1+layer2+layer3+layer4"] < 0.6 * saved["none"]
     # counted per tensor: twice the batch, twice the activations (but for per-channel statistics)
-    double = memory.saved_activation_bytes(memory.build("resnet18", "none", torch.device("cpu")),
-                                           torch.cat([x, x]), torch.cat([y, y]))
+    double = study.saved_activation_bytes(study.build("resnet18", "none", torch.device("cpu")),
+                                          torch.cat([x, x]), torch.cat([y, y]))
     assert double == pytest.approx(2 * saved["none"], rel=1e-2)
+
+
+def test_what_a_recomputed_segment_keeps_is_its_input_and_the_saved_tensors_hooks_see_it():
+    # tanh saves its output: stored segments show it to the hooks, recomputed ones keep only their input
+    x = torch.randn(3, 5, requires_grad=True)
+    h = [x]
+    for _ in range(5):
+        h.append(torch.tanh(h[-1]))
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        out = checkpointing.run_units([nn.Tanh() for _ in range(5)], [(0, 2, True), (2, 3, False), (3, 5, True)], x)
+    assert [t.shape for t in seen] == [x.shape] * 3
+    for got, want in zip(seen, [h[0], h[3], h[3]]):  # segment 0's input; tanh's output; segment 2's input
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(h[5].sum(), x)[0])
+
+
+def test_two_models_measured_in_turn_nested_or_at_once_do_not_see_each_others_bytes():
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    cpu = torch.device("cpu")
+    alone = {p: study.saved_activation_bytes(study.build("resnet18", p, cpu), x, y) for p in ("none", "all")}
+    assert alone["none"] > alone["all"]
+    # in turn: the same model measured again, after another, counts the same
+    model = study.build("resnet18", "all", cpu)
+    assert [study.saved_activation_bytes(m, x, y) for m in (model, study.build("resnet18", "none", cpu), model)] == \
+        [alone["all"], alone["none"], alone["all"]]
+    # nested: a measurement inside another's counting sees only its own model, and the outer one sees none of it
+    outer = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: outer.append(t) or t, lambda t: t):
+        inner = study.saved_activation_bytes(study.build("resnet18", "all", cpu), x, y)
+    assert inner == alone["all"] and outer == []
+    # at once, in two threads (the hooks are thread-local)
+    results, errors = {}, []
+
+    def measure(policy):
+        try:
+            results[policy] = study.saved_activation_bytes(study.build("resnet18", policy, cpu), x, y)
+        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=measure, args=(p,)) for p in ("none", "all")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == alone
 
 
 @pytest.mark.parametrize("used", [
@@ -155,18 +202,15 @@ def test_saved_activation_bytes_decrease_strictly_from_none_to_all():
 ], ids=["linear", "steps", "overestimate", "probe-oom"])
 def test_the_largest_batch_fits_the_budget_and_one_more_sample_does_not(used):
     measured = []
-    best = memory.largest_batch(lambda b: measured.append(b) or used(b), budget=5000, probe=8)
+    best = study.largest_batch(lambda b: measured.append(b) or used(b), budget=5000, probe=8)
     fits = lambda b: used(b) is not None and used(b) <= 5000  # noqa: E731
     assert fits(best) and not fits(best + 1)
     assert len(measured) <= 20  # a search, not a walk: 2 for linear memory
-    assert memory.largest_batch(used, budget=500, probe=8) == 0
+    assert study.largest_batch(used, budget=500, probe=8) == 0
 
 
 def _ddp_rank(rank, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    world = distributed.init("cpu")
+    world = join(rank, 2, port, threads=1)
     try:
         g = torch.Generator().manual_seed(1)
         x, y = torch.randn(8, 3, 64, 64, generator=g), torch.randint(0, 3, (8,), generator=g)
@@ -177,7 +221,7 @@ def _ddp_rank(rank, port, out):
             model = checkpointing.apply(ResNet("resnet18", num_classes=3), policy)
             net = engine._wrap(model, {}, world)
             nn.functional.cross_entropy(net(x[mine]), y[mine]).backward()
-            results[memory.policy_label(policy)] = ({n: p.grad for n, p in model.named_parameters()},
+            results[study.policy_label(policy)] = ({n: p.grad for n, p in model.named_parameters()},
                                                     dict(model.named_buffers()))
         torch.save(results, f"{out}.{rank}")
     finally:
@@ -198,7 +242,7 @@ def test_a_two_rank_ddp_step_with_checkpointing_has_the_gradients_of_one_without
 def test_the_study_writes_a_table_and_a_figure_with_one_row_per_policy(tmp_path):
     settings = {"cases": [{"model": "resnet18", "image_size": 32, "batch_sizes": [2]}],
                 "policies": ["none", "all"], "memory_budget_mb": 200, "steps": 1, "warmup": 0}
-    rows = memory.run_study(settings, "cpu", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
+    rows = study.run_study(settings, "cpu", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
     assert [r["policy"] for r in rows] == ["none", "all"]
     none, every = rows
     assert every["saved_activation_mb"] < none["saved_activation_mb"] and every["saved_ratio"] < 1 == none["saved_ratio"]
@@ -214,13 +258,13 @@ def test_a_budget_too_small_for_any_trainable_batch_names_the_setting_and_writes
                 "policies": ["none"], "memory_budget_mb": 100, "steps": 1, "warmup": 0}
     with pytest.raises(FrelonError, match="memory_budget_mb 100 went down to a batch too small to train.*"
                                           "raise memory_budget_mb"):
-        memory.run_study(settings, "cpu", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
+        study.run_study(settings, "cpu", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_linear_memory_takes_the_two_probes_and_two_checks():
     measured = []
-    best = memory.largest_batch(lambda b: measured.append(b) or 1000 + 37 * b, budget=5000, probe=8)
+    best = study.largest_batch(lambda b: measured.append(b) or 1000 + 37 * b, budget=5000, probe=8)
     assert best == 108 and measured == [8, 16, 108, 109]
 
 
@@ -229,11 +273,11 @@ def test_on_a_gpu_peak_memory_falls_from_none_to_all_and_the_study_reports_it(tm
     # Large enough that activations, not weights and workspaces, make the peak (at 128 px and batch 32
     # the peaks of none and layer2+layer4 were within 2 MB of each other on an H200)
     cuda = torch.device("cuda")
-    peak = {memory.policy_label(p): memory.training_memory_bytes("resnet18", p, 64, 224, cuda)
+    peak = {study.policy_label(p): study.training_memory_bytes("resnet18", p, 64, 224, cuda)
             for p in ["none", ["layer2", "layer4"], "all"]}
     assert peak["none"] > peak["layer2+layer4"] > peak["all"]
     settings = {"cases": [{"model": "centernet-resnet18", "image_size": 256, "batch_sizes": [8]}],
                 "policies": ["none", "sqrt"], "memory_budget_mb": 4096, "steps": 2, "warmup": 1}
-    none, sqrt = memory.run_study(settings, "cuda", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
+    none, sqrt = study.run_study(settings, "cuda", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
     assert 0 < sqrt["peak_memory_mb"] < none["peak_memory_mb"] and sqrt["max_batch"] > none["max_batch"] > 8
     assert none["device"] == torch.cuda.get_device_name(cuda)

@@ -60,19 +60,19 @@ def test_head_only_without_pretrained_weights_is_refused(demo):
 
     demo["studies"]["finetune"]["experiments"]["random"]["model"]["head_only"] = True
     with pytest.raises(FrelonError, match="finetune/random: model.head_only .* set model.weights"):
-        resolve(validate(demo, SCHEMA), "results/runs/finetune/random")
+        resolve(validate(demo, SCHEMA), "results/runs/finetune/random/seed0")
 
 
 def test_the_spec_carries_the_weights_preprocessing_and_the_datasets_resize_and_crop(demo):
     from frelon.spec import resolve
 
     demo["weights"]["resnet18"].update(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2])
-    demo["datasets"]["hornet"]["resize"] = 72
+    demo["datasets"]["hornet"]["resize"] = 56
     config = validate(demo, SCHEMA)
-    pretrained = resolve(config, "results/runs/finetune/pretrained")["data"]["preprocessing"]
-    assert pretrained == {"resize": 72, "crop": 64, "mean": [0.5] * 3, "std": [0.2] * 3}
-    random = resolve(config, "results/runs/finetune/random")["data"]["preprocessing"]
-    assert random == {"resize": 72, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    pretrained = resolve(config, "results/runs/finetune/pretrained/seed0")["data"]["preprocessing"]
+    assert pretrained == {"resize": 56, "crop": 48, "mean": [0.5] * 3, "std": [0.2] * 3}
+    random = resolve(config, "results/runs/finetune/random/seed0")["data"]["preprocessing"]
+    assert random == {"resize": 56, "crop": 48, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def test_every_run_of_the_ingredients_study_resolves_with_its_own_model(demo):
@@ -80,10 +80,18 @@ def test_every_run_of_the_ingredients_study_resolves_with_its_own_model(demo):
 
     specs = [resolve(validate(demo, SCHEMA), run) for run in all_runs(demo, "ingredients")]
     models = {(s["model"]["arch"], s["model"]["norm"], s["model"]["residual"], s["train"]["lr"]) for s in specs}
-    assert len(models) == len(specs) >= 12
-    assert {s["model"]["norm"] for s in specs} == {"batch", "group", "layer", "instance", "none"}
+    seeds = demo["studies"]["ingredients"].get("seeds", [demo["seed"]])
+    assert len(models) == len(demo["studies"]["ingredients"]["experiments"]) == len(specs) // len(seeds)
+    # one run per experiment and seed, each with its own seed and the rest of its spec equal
+    by_experiment = {}
+    for s in specs:
+        by_experiment.setdefault(s["experiment"], []).append(s)
+    for runs in by_experiment.values():
+        assert sorted(r["seed"] for r in runs) == sorted(seeds)
+        assert all({**r, "seed": 0, "output": ""} == {**runs[0], "seed": 0, "output": ""} for r in runs)
+    assert {s["model"]["norm"] for s in specs} == {"batch", "group", "none"}
     assert {(s["model"]["arch"], s["model"]["residual"]) for s in specs} >= {
-        ("resnet18", True), ("resnet18", False), ("resnet34", True), ("resnet34", False)}
+        ("resnet18", True), ("resnet34", True), ("resnet34", False)}
     assert all(s["train"]["on_divergence"] == "stop" and s["model"]["weights"] is None for s in specs)
 
 
@@ -109,9 +117,9 @@ def test_a_dataset_can_come_from_an_archive_and_the_spec_reads_its_augmented_cop
                                             "subdir": "hornet"}
     config = validate(demo, SCHEMA)
     check_source(config, "hornet")  # an archive is checked once extracted, not at start-up
-    spec = resolve(config, "results/runs/finetune/pretrained-augmented")
+    spec = resolve(config, "results/runs/finetune/pretrained-augmented/seed0")
     assert spec["data"]["dir"] == "data/augmented/hornet" and spec["data"]["augmented"] is True
-    assert resolve(config, "results/runs/finetune/pretrained")["data"]["dir"] == "data/prepared/hornet"
+    assert resolve(config, "results/runs/finetune/pretrained/seed0")["data"]["dir"] == "data/prepared/hornet"
 
 
 def test_the_shipped_configs_repeat_no_key():
@@ -161,7 +169,7 @@ def test_a_classification_spec_keeps_its_key_order_so_an_upgrade_retrains_nothin
     """Snakemake compares the spec rule's params as text: a new key order would rerun every training job."""
     from frelon.spec import resolve
 
-    spec = resolve(validate(demo, SCHEMA), "results/runs/finetune/pretrained")
+    spec = resolve(validate(demo, SCHEMA), "results/runs/finetune/pretrained/seed0")
     assert list(spec) == ["experiment", "task", "seed", "device", "output", "data", "model", "train"]
     assert list(spec["model"]) == ["arch", "weights", "norm", "residual", "zero_init_residual", "head_only",
                                    "num_classes", "weights_path"]

@@ -55,6 +55,8 @@ def data_config(work, server, **hornet_options):
             (root / name).read_bytes(), usedforsecurity=False).hexdigest()}
             for name in ("train2017.zip", "val2017.zip", "annotations_trainval2017.zip")]}}
     config["augment"] = {"hornet": {"multiplier": 2}}
+    for key in ("claims", "adversarial"):  # on studies this config does not have
+        config.pop(key, None)
     config["studies"] = {"finetune": {"dataset": "hornet", "experiments": {"random": {"model": {"weights": None}}}},
                          "detection": {"dataset": "voc", "experiments": {"voc": {}, "coco": {"dataset": "coco"}}}}
     path = work / "config" / "data.yaml"

@@ -30,6 +30,15 @@ def _rank(rank: int, world_size: int, port: int, out: str) -> None:
         distributed.shutdown()
 
 
+def join(rank: int, world_size: int, port: int, threads: int | None = None) -> distributed.World:
+    """This process as rank `rank` of a CPU (gloo) process group on 127.0.0.1:`port`."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if threads:
+        torch.set_num_threads(threads)
+    return distributed.init("cpu")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -95,7 +95,10 @@ def test_the_demo_through_dvc_is_reproduced_once(tmp_path):
     config["train"].update(world_size=1)
     finetune = config["studies"]["finetune"]
     finetune["experiments"] = {"pretrained": {**finetune["experiments"]["pretrained"], "train": {"epochs": 1}}}
+    finetune["seeds"] = [0]
     config["studies"] = {"finetune": finetune}
+    config["claims"] = []   # the stages' outputs are those of the full demo: an empty claims table, and
+    config["adversarial"].update(models=["pretrained"], patch_steps=2, pgd_steps=1, eps=[0, 8])  # one model
     trimmed_checkpointing(config)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -109,7 +112,7 @@ def test_the_demo_through_dvc_is_reproduced_once(tmp_path):
     again = run(["dvc", "repro", "demo/dvc.yaml"], cwd=clone)
     assert "Running stage" not in again.stdout and "didn't change, skipping" in again.stdout
     # forced, the runs stage keeps its outputs (persist) and Snakemake finds them up to date
-    model = demo / "results" / "runs" / "finetune" / "pretrained" / "model.pt"
+    model = demo / "results" / "runs" / "finetune" / "pretrained" / "seed0" / "model.pt"
     trained = model.stat().st_mtime_ns
     forced = run(["dvc", "repro", "--force", "--single-item", "demo/dvc.yaml:runs"], cwd=clone)
     assert "Nothing to be done" in forced.stdout + forced.stderr
@@ -122,7 +125,7 @@ def test_the_demo_through_dvc_is_reproduced_once(tmp_path):
     assert "finetune (demo): validation accuracy" in html and "checkpointing.png" in html
     plots = json.loads(run(["dvc", "plots", "show", "--json"], cwd=clone).stdout)["data"]
     drawn = plots["demo/dvc.yaml::finetune"][0]["content"]["data"]["values"]
-    assert {row["filename"] for row in drawn} == {"pretrained/history.csv"}
+    assert {row["filename"] for row in drawn} == {"pretrained/seed0/history.csv"}
     assert plots["demo/results/checkpointing/checkpointing.png"][0]["type"] == "image"
 
     # the numbers are those of Snakemake alone on the same config

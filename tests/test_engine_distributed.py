@@ -1,4 +1,5 @@
-"""The engine across processes: exact DDP gradients, and resumption after SIGKILL or SIGTERM."""
+"""The engine across processes: exact DDP gradients, one model validated on every rank, and resumption
+after SIGKILL or SIGTERM."""
 
 import os
 import signal
@@ -14,8 +15,9 @@ from torch import nn
 
 from conftest import tool_env
 from engine_fixtures import make_spec, prepared_hornet
+from frelon.tasks.classification import ClassificationTask
 from frelon.train import distributed, engine
-from test_distributed_eval import free_port
+from test_distributed_eval import free_port, join
 
 BATCH = 8
 
@@ -58,6 +60,40 @@ def test_a_two_rank_ddp_step_has_the_gradients_of_one_process_on_the_whole_batch
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return prepared_hornet(tmp_path_factory.mktemp("hornet"))
+
+
+class BatchNormTask(ClassificationTask):
+    """Classification with a small batch-norm net, saving the buffers each rank validates with."""
+
+    def build_model(self, pretrained):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(4, 2))
+
+    def evaluate(self, model, split, world):
+        torch.save(dict(model.named_buffers()), f"{self.spec['output']}/buffers.{world.rank}")
+        return super().evaluate(model, split, world)
+
+
+def _fit_rank(rank, port, spec):
+    world = join(rank, 2, port, threads=1)
+    try:
+        engine.fit(BatchNormTask(spec), spec, world)
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slow  # two processes: most of it is their start-up
+def test_every_rank_validates_with_rank_zeros_batch_norm_statistics(data, tmp_path):
+    """DDP syncs buffers only at the start of a training forward: after the epoch's last step each rank
+    holds the statistics of its own last batch, unless they are broadcast before validation."""
+    spec = make_spec(data, tmp_path, epochs=1, world_size=2, batch_size=4)
+    mp.spawn(_fit_rank, args=(free_port(), spec), nprocs=2, join=True)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["model"]  # rank 0's
+    for rank in (0, 1):
+        buffers = torch.load(tmp_path / f"buffers.{rank}", weights_only=True)
+        assert buffers["1.num_batches_tracked"] > 0
+        assert_same_model(buffers, {name: saved[name] for name in buffers})
 
 
 TRAIN = dict(epochs=3, world_size=2, batch_size=4, checkpoint_every=2, log_every=1)

@@ -134,7 +134,7 @@ def test_a_conda_dry_run_resolves_the_environment_of_every_job(tmp_path, fake_co
 
 def test_jobs_run_inside_the_environment_that_installs_this_checkout(tmp_path, fake_conda):
     work = conda_workflow(tmp_path / "w")
-    spec = "results/runs/finetune/random/spec.json"  # a script rule; demo_hornet runs a shell command
+    spec = "results/runs/finetune/random/seed0/spec.json"  # a script rule; demo_hornet runs a shell command
     run(["snakemake", "--sdm", "conda", "--cores", "2", "data/demo/hornet", spec, "--configfile", "config/demo.yaml"],
         cwd=work)
     assert (work / spec).is_file() and (work / "data" / "demo" / "hornet" / "presence").is_dir()

@@ -19,7 +19,7 @@ def test_the_dag_is_shown_without_running_anything(tmp_path):
     # the demo's runs are pinned to the CPU, so they are scheduled even on a machine without GPUs
     proc = run(["snakemake", "-n", "--cores", "2", "--resources", "gpu=0", "--configfile", "config/demo.yaml"],
                cwd=work)
-    for rule in ("demo_hornet", "prepare_dataset", "fetch_weights", "train", "evaluate", "study_table"):
+    for rule in ("demo_hornet", "prepare_dataset", "fetch_weights", "train", "train_detection", "study_table"):
         assert rule in proc.stdout
     assert not (work / "data").exists() and not (work / "results").exists()
 
@@ -30,19 +30,29 @@ def test_demo_produces_the_finetune_table_from_real_training(demo_run):
     assert list(table.init) == ["resnet18", "resnet18", "random", "resnet18"]
     assert list(table.trained) == ["all", "head", "all", "all"]
     assert list(table.augmented) == [False, False, False, True]
-    # the augmented run saw four times the images for a quarter of the epochs: about as many steps
-    steps = {name: pd.read_csv(demo_run / "results" / "runs" / "finetune" / name / "history.csv").step.iloc[-1]
+    runs = demo_run / "results" / "runs" / "finetune"
+    # the augmented run saw three times the images for a third of the epochs: about as many steps
+    steps = {name: pd.read_csv(runs / name / "seed0" / "history.csv").step.iloc[-1]
              for name in ("pretrained", "pretrained-augmented")}
     assert abs(steps["pretrained-augmented"] - steps["pretrained"]) <= 0.1 * steps["pretrained"]
     counts = json.loads((demo_run / "data" / "prepared" / "hornet" / "report.json").read_text())["counts"]
     n_test = sum(counts["test"].values())
     majority = max(counts["test"].values()) / n_test
     assert (table.n_test == n_test).all()
+    # three seeds each: the table's mean and sample std are those of the runs' own metrics
+    assert (table.runs == 3).all() and (table.n == 3).all()
+    accuracies = [json.loads((runs / "random" / f"seed{k}" / "metrics.json").read_text())["accuracy"] for k in range(3)]
+    assert table.loc["random", "test_accuracy"] == pytest.approx(pd.Series(accuracies).mean(), abs=1e-4)
+    assert table.loc["random", "test_accuracy_std"] == pytest.approx(pd.Series(accuracies).std(), abs=1e-4)
+    seeds = {json.loads((runs / "random" / f"seed{k}" / "spec.json").read_text())["seed"] for k in range(3)}
+    assert seeds == {0, 1, 2}
     pretrained = table.loc["pretrained"]
     assert pretrained.test_accuracy > majority and pretrained.test_balanced_accuracy > 0.6
-    history = pd.read_csv(demo_run / "results" / "runs" / "finetune" / "pretrained" / "history.csv")
+    history = pd.read_csv(runs / "pretrained" / "seed0" / "history.csv")
     assert len(history) == pretrained.epochs
     assert (demo_run / "results" / "tables" / "finetune.md").read_text().startswith("| experiment")
+    assert len(pd.read_csv(demo_run / "results" / "tables" / "runs" / "finetune.csv")) == 12
+    assert (demo_run / "results" / "tables" / "finetune.tex").read_text().startswith("\\begin{tabular}")
 
 
 def test_dvc_metrics_file_matches_the_table(demo_run):
@@ -129,20 +139,21 @@ def test_demo_scaling_study_covers_world_sizes_lr_rules_and_warmup(demo_run):
 
 def test_demo_ingredients_study_covers_norms_depths_residuals_and_an_lr_sweep_with_and_without_bn(demo_run):
     table = pd.read_csv(demo_run / "results" / "tables" / "ingredients.csv").set_index("experiment")
-    assert set(table.norm) == {"batch", "group", "layer", "instance", "none"}
-    assert set(zip(table.arch, table.residual)) == {("resnet18", True), ("resnet18", False),
-                                                    ("resnet34", True), ("resnet34", False)}
+    assert set(table.norm) == {"batch", "group", "none"}
+    assert set(zip(table.arch, table.residual)) == {("resnet18", True), ("resnet34", True), ("resnet34", False)}
     for norm in ("batch", "none"):
-        assert table[(table.norm == norm) & (table.arch == "resnet18") & table.residual].lr.nunique() == 3
+        assert table[(table.norm == norm) & (table.arch == "resnet18") & table.residual].lr.nunique() == 2
     assert (table.init == "random").all() and "speedup" not in table  # one world size: no scaling columns
-    # every run is either scored or reported as diverged, never both
-    scored = table.test_accuracy.notna()
-    assert (scored != table.diverged_at_step.notna()).all() and scored.sum() >= len(table) // 2
+    # every run is either scored or reported as diverged, never both, and none is missing
+    assert (table.n + table.diverged == table.runs).all() and (table.missing == 0).all()
+    assert table.n.sum() >= table.runs.sum() // 2
     for name, row in table.iterrows():
-        model = torch.load(demo_run / "results" / "runs" / "ingredients" / name / "model.pt", weights_only=True)
-        assert model["spec"]["model"]["norm"] == row.norm and model["spec"]["model"]["arch"] == row.arch
-        has_running_stats = any(k.endswith("running_mean") for k in model["model"])
-        assert has_running_stats == (row.norm == "batch")
+        for seed in range(row.runs):
+            model = torch.load(demo_run / "results" / "runs" / "ingredients" / name / f"seed{seed}" / "model.pt",
+                               weights_only=True)
+            assert model["spec"]["model"]["norm"] == row.norm and model["spec"]["model"]["arch"] == row.arch
+            has_running_stats = any(k.endswith("running_mean") for k in model["model"])
+            assert has_running_stats == (row.norm == "batch")
 
 
 def test_demo_checkpointing_study_measures_every_policy(demo_run):
@@ -161,7 +172,7 @@ def test_demo_detection_study_trains_centernet_on_voc_and_coco_and_scores_it_wit
     table = pd.read_csv(demo_run / "results" / "tables" / "detection.csv").set_index("experiment")
     assert list(table.index) == ["voc-unet", "coco-unet"] and list(table.dataset) == ["voc", "coco"]
     voc_images = json.loads((demo_run / "data" / "prepared" / "voc" / "report.json").read_text())["splits"]["val"]
-    assert table.loc["voc-unet", "n_val"] == voc_images["images"]
+    assert table.loc["voc-unet", "n_val"] == voc_images["images"] and (table.runs == 1).all()
     assert table.loc["voc-unet", "AP50"] > 0.5 and table.loc["coco-unet", "AP50"] > 0.5  # learnt, not chance
     assert pd.notna(table.loc["voc-unet", "AP50_voc07"]) and pd.isna(table.loc["coco-unet", "AP50_voc07"])
     for name in table.index:
@@ -197,3 +208,52 @@ def test_a_vocdevkit_you_already_have_is_prepared_in_place_without_a_download(tm
     splits = json.loads((work / "data" / "prepared" / "voc" / "splits.json").read_text())
     assert splits["val"]["images"] == str(devkit)
     assert not (work / "data" / "archives").exists() and not (work / "data" / "raw").exists()
+
+
+def test_demo_augmentation_study_trains_each_online_transform_alone_and_all_together(demo_run):
+    table = pd.read_csv(demo_run / "results" / "tables" / "augmentation.csv").set_index("experiment")
+    assert list(table.augment) == ["none", "mirror", "affine", "colour", "erasing", "noise",
+                                   "mirror+affine+colour+erasing+noise"]
+    assert (table.n == 2).all() and table.test_accuracy.notna().all()
+    spec = json.loads((demo_run / "results" / "runs" / "augmentation" / "none" / "seed0" / "spec.json").read_text())
+    assert spec["data"]["augment"] == [] and spec["data"]["dir"] == "data/prepared/hornet"
+    assert (demo_run / "results" / "figures" / "augmentation-augment.png").stat().st_size > 0
+
+
+def test_demo_adversarial_study_attacks_the_finetuned_classifiers(demo_run):
+    out = demo_run / "results" / "adversarial"
+    attacks = pd.read_csv(out / "attacks.csv")
+    assert set(attacks.model) == {"pretrained", "random", "pretrained-augmented"}
+    assert set(attacks.attack) == {"fgsm", "pgd"} and sorted(attacks.eps_255.unique()) == [0, 1, 2, 4, 8]
+    table = pd.read_csv(demo_run / "results" / "tables" / "runs" / "finetune.csv")
+    clean = table[(table.experiment == "pretrained") & (table.seed == 0)].test_accuracy.iloc[0]
+    at_zero = attacks[(attacks.model == "pretrained") & (attacks.eps_255 == 0)].accuracy
+    assert at_zero.round(4).tolist() == [round(clean, 4)] * 2   # eps 0 is the clean test accuracy
+    for model, rows in attacks[attacks.attack == "pgd"].groupby("model"):
+        assert rows.sort_values("eps_255").accuracy.is_monotonic_decreasing, model
+    patch = pd.read_csv(out / "patch.csv")
+    assert sorted(patch.area) == [0.01, 0.02, 0.05, 0.1] and patch.success.between(0, 1).all()
+    for name in ("example.png", "patch.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_demo_claims_are_computed_from_the_tables_and_the_report_shows_everything(demo_run):
+    config = yaml.safe_load((demo_run / "config" / "demo.yaml").read_text())
+    claims = pd.read_csv(demo_run / "results" / "claims.csv")
+    assert list(claims.claim) == [c["claim"] for c in config["claims"]]
+    assert set(claims.verdict) <= {"supported", "contradicted", "within spread", "holds once", "fails once"}
+    finetune = pd.read_csv(demo_run / "results" / "tables" / "finetune.csv").set_index("experiment")
+    first = claims.iloc[0]
+    assert first.a_value == finetune.loc["pretrained", "test_accuracy"]
+    assert first.b_value == finetune.loc["random", "test_accuracy"]
+    assert first.a_n == 3 and first.spread > 0
+    report = (demo_run / "results" / "report.md").read_text()
+    for study in config["studies"]:
+        assert f"## Study: {study}" in report and f"](figures/{study}.png)" in report
+        assert (demo_run / "results" / "figures" / f"{study}.png").stat().st_size > 0
+    assert "](figures/scaling-scaling.png)" in report and "](adversarial/patch.png)" in report
+    assert "## The course's claims, checked" in report and first.claim in report
+    html = demo_run / "results" / "report.html"
+    run(["snakemake", "--cores", "2", "--configfile", "config/demo.yaml", "--report", str(html)], cwd=demo_run)
+    text = html.read_text(errors="replace")
+    assert "scaling-scaling.png" in text and "claims.csv" in text

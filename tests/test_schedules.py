@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from frelon.train.schedules import build_scheduler, lr_factor, scaled_lr
+from frelon.train.schedules import build_scheduler, lr_factor, scaled_lr, warmup_start_factor
 
 EPOCH = 10  # optimizer steps per epoch in these tables
 
@@ -23,6 +23,13 @@ def test_warmup_runs_linearly_from_the_start_factor_to_one():
     assert f[0] == pytest.approx(0.1)
     assert f[5] == pytest.approx(0.55)
     assert f[10] == pytest.approx(1.0) and f[60] == 1.0
+
+
+def test_by_default_warmup_starts_from_the_unscaled_lr_under_linear_scaling_and_from_zero_without():
+    assert warmup_start_factor("linear", 1024, 256) == 0.25  # Goyal et al.: base_lr, then up to 4x base_lr
+    assert warmup_start_factor("linear", 128, 256) == 1.0  # the lr is scaled down: nothing to warm up from
+    assert warmup_start_factor("none", 1024, 256) == 0.0
+    assert table({"warmup_epochs": 1, "decay": "constant"})[0] == 0.0  # a policy that does not say
 
 
 def test_warmup_in_iterations_overrides_epochs():

@@ -41,6 +41,8 @@ def _config(work: Path, spread: bool = True) -> Path:
     config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
     config["device"] = "auto"   # ask SLURM for GPUs; with no CUDA here the ranks train on the CPU (gloo)
     config["datasets"]["hornet"]["image_size"] = 32
+    for key in ("claims", "adversarial"):  # on studies this config does not have
+        config.pop(key, None)
     config["studies"] = {STUDY: {
         "dataset": "hornet",
         "model": {"arch": "resnet18", "weights": None},
@@ -124,11 +126,11 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
     assert proc.returncode == 0, out[-6000:]
     print(f"SLURM run: {time.monotonic() - started:.0f} s")
 
-    # every training and evaluation job went through sbatch, with the warning signal the profile asks for
+    # every training job (which also evaluates) went through sbatch, with the warning signal the profile asks for
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", out)
-    assert len(submitted) == 3 + 2 + 3, out[-6000:]   # 3 trainings, the signalled ones again, 3 evaluations
+    assert len(submitted) == 3 + 2, out[-6000:]   # 3 trainings, the signalled ones again
     assert set(signalled) <= set(submitted)
-    assert out.count("--signal=USR1@600") >= 8
+    assert out.count("--signal=USR1@600") >= 5
 
     # each training ran its command once per node (twice for the signalled runs) with its world size in GPUs
     launches = [r for r in _records(record) if r["mode"] == "train"]

@@ -110,7 +110,7 @@ def test_the_slurm_executor_runs_the_workflow_without_a_core_count(tmp_path):
     # Snakemake counts no cores under a cluster executor; the checkpointing study's threads once asked
     # for them as the Snakefile was read, which stopped every SLURM run before its first job.
     work = copy_workflow(tmp_path / "w")
-    spec = "results/runs/finetune/random/spec.json"  # a local rule: runs here, no sbatch needed
+    spec = "results/runs/finetune/random/seed0/spec.json"  # a local rule: runs here, no sbatch needed
     run(["snakemake", "--executor", "slurm", "--jobs", "1", "--slurm-init-seconds-before-status-checks", "1", spec,
          "--configfile", "config/demo.yaml"], cwd=work)
     assert (work / spec).is_file()

@@ -97,7 +97,7 @@ def _launch(args: argparse.Namespace, worker_args: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    return _launch(args, ["train", args.spec])
+    return _launch(args, ["train", args.spec, *(["--out", args.metrics] if args.metrics else [])])
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -144,12 +144,34 @@ def _export_weights(args: argparse.Namespace) -> None:
     print(export(args.checkpoint, args.out))
 
 
-def _table(args: argparse.Namespace) -> None:
-    from frelon.report.tables import study_table, write_table
+def _export(args: argparse.Namespace) -> None:
+    from frelon.tasks.export import export_onnx
 
-    table = study_table(args.metrics, json.loads(args.references) if args.references else None)
-    write_table(table, args.csv, args.md)
-    print(table.to_markdown(index=False))
+    done = export_onnx(args.checkpoint, args.onnx, images=args.images, tolerance=args.tolerance)
+    source = "generated images" if done["generated"] else "images"
+    print(f"{args.onnx}: {done['task']} ({len(done['classes'])} classes), input image (batch, 3, {done['size']}, "
+          f"{done['size']}); onnxruntime against PyTorch on {done['images']} {source}, max abs difference "
+          f"(tolerance {args.tolerance:g}):")
+    for name, difference in done["differences"].items():
+        print(f"  {name}: {difference:.3g}")
+
+
+def _table(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from frelon.atomic import write_text
+    from frelon.report.tables import aggregate, run_table, write_table
+
+    runs = run_table(args.runs, json.loads(args.references) if args.references else None)
+    if args.runs_csv:
+        write_text(args.runs_csv, runs.to_csv(index=False))
+    table = aggregate(runs)
+    write_table(table, args.csv, args.md, args.tex)
+    missing = runs[runs.status == "missing"]
+    print(Path(args.md).read_text())
+    if len(missing):
+        names = [r.experiment + ("" if pd.isna(r.seed) else f" seed {r.seed}") for r in missing.itertuples()]
+        print(f"{len(missing)} of {len(runs)} runs have no metrics.json (shown as missing): {', '.join(names)}")
 
 
 def _metrics(args: argparse.Namespace) -> None:
@@ -240,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--checkpoint", required=True)
             p.add_argument("--out", required=True)
+        else:
+            p.add_argument("--metrics", help="then score the test split, in the same processes, into this "
+                                             "metrics.json (as `frelon evaluate` would)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("gpus", help="print how many GPUs a job may use here (CUDA_VISIBLE_DEVICES respected), "
@@ -268,10 +293,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.set_defaults(func=_export_weights)
 
-    p = sub.add_parser("table", help="one study's table (CSV + Markdown) from its runs' metrics.json")
-    p.add_argument("metrics", nargs="+")
+    p = sub.add_parser("export", help="write a run's model as ONNX for small devices (preprocessing and classes in "
+                                      "its metadata), checked with onnxruntime against PyTorch")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model.pt of a classification or detection run")
+    p.add_argument("--onnx", required=True, metavar="MODEL.onnx")
+    p.add_argument("--images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="check on these images, with the checkpoint's preprocessing (default: generated ones)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest absolute difference between onnxruntime's and PyTorch's outputs that passes")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("table", help="one study's table (CSV, Markdown, LaTeX): each experiment's mean, std and n "
+                                      "over its seeds, from its runs' metrics.json (a run without one is missing)")
+    p.add_argument("runs", nargs="+", help="run folders, or their metrics.json")
     p.add_argument("--csv", required=True)
     p.add_argument("--md", required=True)
+    p.add_argument("--tex", help="LaTeX (booktabs) tabular")
+    p.add_argument("--runs-csv", help="one row per run (per seed)")
     p.add_argument("--references", help="JSON {experiment: {value, metric, source}}: published numbers to show beside")
     p.set_defaults(func=_table)
 

@@ -12,7 +12,9 @@ import yaml
 from frelon.errors import FrelonError
 
 # Rule names a study may not take: `snakemake <study>` builds that study's table.
-RESERVED_TARGETS = ("all", "data", "runs", "report", "metrics", "spec", "train", "evaluate", "evaluate_detection",
+RESERVED_TARGETS = ("all", "data", "runs", "report", "metrics", "spec", "train", "train_detection", "train_pretrain",
+                    "evaluate",
+                    "evaluate_detection", "claims", "adversarial_study", "figures",
                     "study_table", "checkpointing_study", "fetch_weights", "fetch_archive", "extract",
                     "prepare_dataset", "augment", "prepare_voc", "prepare_coco", "demo_hornet", "demo_source",
                     "demo_voc", "demo_coco", "demo_export_weights")
@@ -44,6 +46,7 @@ def validate(config: dict, schema_path: str | os.PathLike) -> dict:
     if errors:
         raise FrelonError(_explain(errors[0]))
     _check_references(config)
+    _check_compile(config)
     return config
 
 
@@ -90,6 +93,55 @@ def _check_references(config: dict) -> None:
         if name is not None and name not in weights:
             raise FrelonError(f"config key {where}: weights {name!r} are not defined under weights "
                               f"(defined: {', '.join(weights) or 'none'})")
+    _check_studies_of_studies(config)
+
+
+def _check_compile(config: dict) -> None:
+    """torch.compile cannot trace the gradient checkpointing of frelon.models.checkpointing (dynamo refuses
+    the context_fn that keeps batch-norm statistics during recomputation): refuse the pair before a job
+    fails on its first step. Named at the shallowest level of the config where the two meet."""
+    top = config["train"]
+    levels = [("train", top)]
+    for name, study in config["studies"].items():
+        shared = {**top, **study.get("train", {})}
+        levels.append((f"studies.{name}.train", shared))
+        levels += [(f"studies.{name}.experiments.{e}.train", {**shared, **part.get("train", {})})
+                   for e, part in study["experiments"].items()]
+    if "demo" in config:
+        levels.append(("demo.pretrain.train", {**top, **config["demo"]["pretrain"].get("train", {})}))
+    for where, train in levels:
+        if train.get("compile") and train.get("checkpointing", "none") != "none":
+            raise FrelonError(f"config key {where}: train.compile: true and train.checkpointing: "
+                              f"{train['checkpointing']!r} do not go together (torch.compile cannot trace the "
+                              f"recomputation); set train.compile: false or train.checkpointing: none")
+
+
+def _check_studies_of_studies(config: dict) -> None:
+    """The adversarial study attacks experiments of a classification study; claims read tables that exist."""
+    from frelon.report.claims import OTHER_TABLES
+
+    studies, detection = config["studies"], config.get("detection_data", {})
+    if "adversarial" in config:
+        adversarial = config["adversarial"]
+        study = studies.get(adversarial["study"])
+        if study is None or study["dataset"] in detection:
+            raise FrelonError(f"config key adversarial.study: {adversarial['study']!r} is not a classification study "
+                              f"(studies: {', '.join(studies)})")
+        for name in [*adversarial["models"], *([adversarial["patch_model"]] if "patch_model" in adversarial else [])]:
+            if name not in study["experiments"]:
+                raise FrelonError(f"config key adversarial: {name!r} is not an experiment of study "
+                                  f"{adversarial['study']!r} (it has {', '.join(study['experiments'])})")
+        classes = config["datasets"][study["dataset"]]["classes"]
+        for key in ("patch_source", "patch_target"):
+            if key in adversarial and adversarial[key] not in classes:
+                raise FrelonError(f"config key adversarial.{key}: {adversarial[key]!r} is not a class of "
+                                  f"{study['dataset']!r} ({', '.join(classes)})")
+    tables = {*studies, *(name for name in OTHER_TABLES if name in config or name == "patch" and "adversarial" in config)}
+    for i, claim in enumerate(config.get("claims", [])):
+        for side in ("a", "b"):
+            if claim[side]["table"] not in tables:
+                raise FrelonError(f"config key claims[{i}].{side}.table: no table {claim[side]['table']!r} in this "
+                                  f"config (tables: {', '.join(sorted(tables))})")
 
 
 def _check_detection_experiment(where: str, experiment: dict) -> None:
@@ -97,6 +149,7 @@ def _check_detection_experiment(where: str, experiment: dict) -> None:
     model = experiment.get("model", {})
     wrong = [f"model.{k}" for k in ("head_only", "zero_init_residual") if model.get(k)]
     wrong += ["augmented"] if experiment.get("augmented") else []
+    wrong += ["augment"] if "augment" in experiment else []
     wrong += ["model.norm"] if model.get("norm", "batch") != "batch" else []
     wrong += ["model.residual"] if model.get("residual") is False else []
     if wrong:

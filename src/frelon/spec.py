@@ -7,7 +7,7 @@ import os
 
 from frelon.errors import FrelonError
 from frelon.models import IMAGENET_MEAN, IMAGENET_STD
-from frelon.train.schedules import scaled_lr
+from frelon.train.schedules import scaled_lr, warmup_start_factor
 
 RUNS_DIR = "results/runs"
 MODEL_DEFAULTS = {"arch": "resnet18", "weights": None, "norm": "batch", "residual": True,
@@ -21,6 +21,10 @@ AUGMENT_DEFAULTS = {"scale": [0.6, 1.3], "translate": 0.2, "flip": 0.5, "brightn
 DETECTION_DEFAULTS = {"input_size": 512, "max_objects": 128, "min_overlap": 0.7, "flip_test": False, "top_k": 100,
                       "size_weight": 0.1, "offset_weight": 1.0, "augment": AUGMENT_DEFAULTS}
 PRETRAIN_RUN = "data/demo/pretrain"
+# What a study sets for all its experiments (an experiment's own value wins)
+SHARED_KEYS = ("model", "train", "augmented", "augment", "detection")
+# Online augmentation of classification training images (frelon.data.dataset): every run mirrors unless told
+DEFAULT_AUGMENT = ["mirror"]
 
 
 def prepared_dir(dataset: str) -> str:
@@ -35,8 +39,9 @@ def weights_path(name: str) -> str:
     return f"data/weights/{name}.pth"
 
 
-def run_dir(study: str, experiment: str) -> str:
-    return f"{RUNS_DIR}/{study}/{experiment}"
+def run_dir(study: str, experiment: str, seed: int | None = None) -> str:
+    """`results/runs/<study>/<experiment>`, and `/seed<N>` below it in a study that lists `seeds`."""
+    return f"{RUNS_DIR}/{study}/{experiment}" + ("" if seed is None else f"/seed{seed}")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -55,30 +60,39 @@ def preprocessing(dataset: dict, weights: dict) -> dict:
 
 
 def all_runs(config: dict, only_study: str | None = None) -> list[str]:
-    """Run folders of every experiment of every study (or of `only_study`), in config order."""
-    return [run_dir(s, e) for s, study in config["studies"].items() for e in study["experiments"]
-            if only_study in (None, s)]
+    """Run folders of every experiment of every study (or of `only_study`), in config order: one per
+    seed in a study that lists `seeds`."""
+    return [run_dir(s, e, seed) for s, study in config["studies"].items() if only_study in (None, s)
+            for e in study["experiments"] for seed in study.get("seeds", [None])]
 
 
-def _locate(config: dict, run: str) -> tuple[str, str, dict, dict]:
-    """(experiment name, dataset, study-wide overrides, experiment overrides) of a run folder."""
+def runs_by_experiment(config: dict, study: str) -> dict[str, list[str]]:
+    """A study's run folders grouped by experiment (several with `seeds`), in config order."""
+    seeds = config["studies"][study].get("seeds", [None])
+    return {e: [run_dir(study, e, seed) for seed in seeds] for e in config["studies"][study]["experiments"]}
+
+
+def _locate(config: dict, run: str) -> tuple[str, str, dict, dict, int]:
+    """(experiment name, dataset, study-wide overrides, experiment overrides, seed) of a run folder."""
     if run == PRETRAIN_RUN and "demo" in config:
         pretrain = config["demo"]["pretrain"]
-        return "pretrain/demo", pretrain["dataset"], {}, pretrain
-    parts = os.path.relpath(run, RUNS_DIR).split(os.sep)
+        return "pretrain/demo", pretrain["dataset"], {}, pretrain, config["seed"]
+    run = os.path.normpath(run)
+    if run not in all_runs(config):
+        raise FrelonError(f"{run} is not a run of this config: expected {RUNS_DIR}/<study>/<experiment>, "
+                          f"and /seed<N> below it for each N of the study's seeds if it lists them")
+    study, name, *seed = os.path.relpath(run, RUNS_DIR).split(os.sep)
     studies = config["studies"]
-    if len(parts) != 2 or parts[0] not in studies or parts[1] not in studies[parts[0]]["experiments"]:
-        raise FrelonError(f"{run} is not a run of this config: expected {RUNS_DIR}/<study>/<experiment>")
-    study, name = parts
-    shared = {key: studies[study][key] for key in ("model", "train", "augmented", "detection") if key in studies[study]}
+    shared = {key: studies[study][key] for key in SHARED_KEYS if key in studies[study]}
     experiment = studies[study]["experiments"][name]
-    return f"{study}/{name}", experiment.get("dataset", studies[study]["dataset"]), shared, experiment
+    seed = int(seed[0].removeprefix("seed")) if seed else config["seed"]
+    return f"{study}/{name}", experiment.get("dataset", studies[study]["dataset"]), shared, experiment, seed
 
 
 def nodes_of(config: dict, run: str) -> int:
     """The nodes a run spreads over under SLURM (`train.nodes`). Kept out of the spec: placing the same
     ranks elsewhere changes no number, so it retrains nothing and a saved state still resumes."""
-    _, _, shared, overrides = _locate(config, run)
+    _, _, shared, overrides, _ = _locate(config, run)
     return _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {})).get("nodes", 1)
 
 
@@ -89,7 +103,7 @@ def task_of(config: dict, run: str) -> str:
 
 def resolve(config: dict, run: str) -> dict:
     """The spec of the run in folder `run`."""
-    experiment, dataset_name, shared, overrides = _locate(config, run)
+    experiment, dataset_name, shared, overrides, seed = _locate(config, run)
     train = _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {}))
     train.pop("nodes", None)  # where the ranks run, not what they compute: see nodes_of
     model = _merge(_merge(MODEL_DEFAULTS, shared.get("model", {})), overrides.get("model", {}))
@@ -97,11 +111,13 @@ def resolve(config: dict, run: str) -> dict:
     train["global_batch"] = global_batch
     train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])
                    if train["lr_scaling"] == "linear" else train["base_lr"])
+    train["lr_schedule"].setdefault("warmup_start_factor",  # written out: spec.json shows where warmup began
+                                    warmup_start_factor(train["lr_scaling"], global_batch, train["base_batch"]))
     weights = config["weights"].get(model["weights"], {})
     path = weights_path(model["weights"]) if model["weights"] else None
     if task_of(config, run) == "detection":
         detection = _merge(_merge(DETECTION_DEFAULTS, shared.get("detection", {})), overrides.get("detection", {}))
-        return {"experiment": experiment, "task": "detection", "seed": config["seed"],
+        return {"experiment": experiment, "task": "detection", "seed": seed,
                 "device": config.get("device", "auto"), "output": run,
                 "data": {"dir": prepared_dir(dataset_name), "kind": dataset_name, "augmented": False,
                          "preprocessing": {"input_size": detection["input_size"],
@@ -117,12 +133,13 @@ def resolve(config: dict, run: str) -> dict:
     return {
         "experiment": experiment,
         "task": "classification",
-        "seed": config["seed"],
+        "seed": seed,
         "device": config.get("device", "auto"),
         "output": run,
         "data": {
             "dir": augmented_dir(dataset_name) if augmented else prepared_dir(dataset_name),
             "augmented": augmented,
+            "augment": list(overrides.get("augment", shared.get("augment", DEFAULT_AUGMENT))),
             "classes": list(dataset["classes"]),
             "preprocessing": preprocessing(dataset, weights),
         },

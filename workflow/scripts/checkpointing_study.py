@@ -1,4 +1,4 @@
-"""Snakemake step: the gradient-checkpointing study (logic in frelon.evaluate.memory)."""
+"""Snakemake step: the gradient-checkpointing study (logic in frelon.studies.checkpointing)."""
 
 import contextlib
 import os
@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from frelon.evaluate.memory import run_study
+from frelon.studies.checkpointing import run_study
 from frelon.train.launcher import DEFAULT_LOCK_DIR, LOCK_DIR_VAR, Claim, gpu_slots, visible_gpus
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake injects it)

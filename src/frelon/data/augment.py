@@ -1,10 +1,13 @@
-"""Offline augmentation: seeded, augmented copies of a prepared train split, and a preview grid.
+"""Augmentation with `torchvision.transforms.v2`: offline (seeded, augmented copies of a prepared
+train split, and a preview grid) and online (the engine's train split, one transform at a time).
 
-The course's list, with `torchvision.transforms.v2`: mirror, affine (rotation, translation,
-scale), colour jitter, Gaussian noise and random erasing. Copy `k` of image `i` is drawn from a
-generator seeded by (seed, i, k) alone, so the set is the same whatever the order or the machine.
-The validation and test splits are copied unchanged: only training images are augmented, and the
-copies of an image stay in the train split, so nothing leaks into evaluation.
+The course's list: mirror, affine (rotation, translation, scale), colour jitter, Gaussian noise
+and random erasing, defined once in `transforms` so that the offline copies and the online study
+use the same transforms; a subset is always applied in the order of `ORDER`, whatever the order it
+is named in. Copy `k` of image `i` is drawn from a generator seeded by (seed, i, k) alone, so the
+set is the same whatever the order or the machine. The validation and test splits are copied
+unchanged: only training images are augmented, and the copies of an image stay in the train split,
+so nothing leaks into evaluation.
 """
 
 from __future__ import annotations
@@ -21,21 +24,78 @@ DEFAULTS = {"multiplier": 4, "flip": 0.5, "degrees": 15.0, "translate": 0.1, "sc
             "erasing": 0.25}
 
 
+# the order the transforms are applied in: the offline pipeline's from the start (its copies are
+# unchanged), erasing last as torchvision advises, so noise never fills an erased patch
+ORDER = ("mirror", "affine", "colour", "noise", "erasing")
+
+# Online, erasing applies to half the images (Zhong et al. 2020's p, and mirror's): at the offline
+# 0.25 the "erasing alone" arm of the study would leave three images in four untouched.
+ONLINE_DEFAULTS = {**{key: value for key, value in DEFAULTS.items() if key != "multiplier"}, "erasing": 0.5}
+
+
+def _check_names(names) -> None:
+    if isinstance(names, str):
+        raise FrelonError(f"augmentation {names!r}: give a list of names, e.g. [{names!r}]; [] for none")
+    unknown = sorted(set(names) - set(ORDER))
+    if unknown:
+        raise FrelonError(f"augmentation {unknown}: unknown; choose from {list(ORDER)} ([] for none)")
+
+
+class _Mirror:
+    """v2.RandomHorizontalFlip's draw and flip (`torch.rand(1) < p`), without importing torchvision:
+    its import costs a run of the default augmentation 2 s of start-up."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, x):
+        import torch
+
+        return x.flip(-1) if torch.rand(1) < self.p else x
+
+
+def transforms(names, options: dict) -> list:
+    """The named transforms of a float (3, H, W) image in [0, 1], in the order of `ORDER`;
+    `options` holds every setting (DEFAULTS or ONLINE_DEFAULTS, overridden)."""
+    from torchvision.transforms import v2
+
+    _check_names(names)
+    o = options
+    build = {
+        "mirror": lambda: v2.RandomHorizontalFlip(o["flip"]),
+        "affine": lambda: v2.RandomAffine(degrees=o["degrees"], translate=(o["translate"], o["translate"]),
+                                          scale=tuple(o["scale"])),
+        "colour": lambda: v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"]),
+        "noise": lambda: v2.GaussianNoise(sigma=o["noise_sigma"]),
+        "erasing": lambda: v2.RandomErasing(p=o["erasing"]),
+    }
+    return [build[name]() for name in ORDER if name in names]
+
+
 def pipeline(options: dict):
-    """The transform applied to one uint8 (3, H, W) image."""
+    """The offline transform of one uint8 (3, H, W) image: every transform, uint8 out."""
     import torch
     from torchvision.transforms import v2
 
-    o = {**DEFAULTS, **options}
-    return v2.Compose([
-        v2.ToDtype(torch.float32, scale=True),
-        v2.RandomHorizontalFlip(o["flip"]),
-        v2.RandomAffine(degrees=o["degrees"], translate=(o["translate"], o["translate"]), scale=tuple(o["scale"])),
-        v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"]),
-        v2.GaussianNoise(sigma=o["noise_sigma"]),
-        v2.RandomErasing(p=o["erasing"]),
-        v2.ToDtype(torch.uint8, scale=True),
-    ])
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), *transforms(ORDER, {**DEFAULTS, **options}),
+                       v2.ToDtype(torch.uint8, scale=True)])
+
+
+def online(names, options: dict | None = None):
+    """The online transform of a float image in [0, 1] (None for no augmentation), with
+    `options` overriding ONLINE_DEFAULTS."""
+    unknown = sorted(set(options or {}) - set(ONLINE_DEFAULTS))
+    if unknown:
+        raise FrelonError(f"augment_options {unknown}: unknown; the settings are {sorted(ONLINE_DEFAULTS)}")
+    _check_names(names)
+    o = {**ONLINE_DEFAULTS, **(options or {})}
+    if not names:
+        return None
+    if set(names) == {"mirror"}:
+        return _Mirror(o["flip"])
+    from torchvision.transforms import v2
+
+    return v2.Compose(transforms(names, o))
 
 
 def augment_split(prepared: str | os.PathLike, out_dir: str | os.PathLike, options: dict, seed: int) -> dict:
@@ -87,3 +147,35 @@ def preview(augmented, multiplier: int, out: Path, rows: int = 6) -> None:
     n = min(rows, len(augmented) // multiplier)
     grid = make_grid(augmented[: n * multiplier], nrow=multiplier, padding=2, pad_value=255)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out, format="PNG")
+
+
+def preview_online(split_path: str | os.PathLike, preprocessing: dict, names_list: list, out_png: str | os.PathLike,
+                   n: int = 6, seed: int = 0, options: dict | None = None) -> None:
+    """The report's augmentation preview: one row per setting in `names_list` (labelled "none",
+    "all" or the names), the same `n` images, spread over the split, drawn as epoch 0 trains them."""
+    import torch
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    from frelon.atomic import atomic_path
+    from frelon.data.dataset import CachedSplit
+
+    rows = []
+    for names in names_list:
+        split = CachedSplit(split_path, preprocessing, names, options, seed)
+        picks = torch.linspace(0, len(split) - 1, min(n, len(split))).round().long().unique()
+        rows.append(torch.stack([split.augmented(int(i)) for i in picks]))
+    grid = make_grid(torch.cat(rows), nrow=len(rows[0]), padding=2, pad_value=1.0)
+    tiles = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+    labels = ["none" if not names else "all" if set(names) == set(ORDER) else "+".join(x for x in ORDER if x in names)
+              for names in names_list]
+    measure = ImageDraw.Draw(tiles)
+    label_width = 8 + max(int(measure.textlength(label)) for label in labels)
+    tile_height = (tiles.height - 2) // len(rows)
+    figure = Image.new("RGB", (label_width + tiles.width, tiles.height), "white")
+    figure.paste(tiles, (label_width, 0))
+    draw = ImageDraw.Draw(figure)
+    for row, label in enumerate(labels):
+        draw.text((4, 2 + row * tile_height + tile_height // 2), label, fill="black", anchor="lm")
+    with atomic_path(out_png) as tmp:
+        figure.save(tmp, format="PNG")

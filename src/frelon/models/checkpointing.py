@@ -15,13 +15,18 @@ recomputation runs batch norm exactly as the forward pass did (so the recomputed
 saved tensors match), then restores `running_mean`, `running_var` and `num_batches_tracked`, which
 it would otherwise update a second time (pytorch#96136): a step with checkpointing leaves exactly the
 statistics a step without it does.
+
+Nothing here keeps state between calls: what a recomputed segment keeps for backward (its input) is
+saved by `torch.utils.checkpoint` as an autograd saved tensor, so whoever wants to count it installs
+`torch.autograd.graph.saved_tensors_hooks` around the forward pass (thread-local, and the innermost
+hooks win: one measurement never sees another's tensors; see `frelon.studies.checkpointing`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import torch
 from torch import nn
@@ -31,9 +36,6 @@ from frelon.errors import FrelonError
 
 Policy = Union[str, Sequence[str], None]
 Plan = list[tuple[int, int, bool]]  # [start, end) of the units, recomputed or not
-
-# Callbacks told about every tensor a checkpointed segment keeps as its input (see `keeping`).
-_KEPT: list[Callable[[torch.Tensor], None]] = []
 
 
 def plan(names: Sequence[str], policy: Policy) -> Plan:
@@ -90,9 +92,7 @@ def run_units(units: Sequence[nn.Module], segments: Plan | None, x: torch.Tensor
         return x
     for start, end, recompute in segments:
         part = units[start:end]
-        if recompute:
-            for tell in _KEPT:
-                tell(x)
+        if recompute:  # its input `x` is kept as a saved tensor (see the module docstring)
             x = checkpoint(_sequence, part, x, use_reentrant=False,
                            context_fn=lambda part=part: (contextlib.nullcontext(),
                                                          _batch_norm_statistics_kept(part)))
@@ -118,14 +118,3 @@ def apply(model: nn.Module, policy: Policy) -> nn.Module:
     names = [name for name, _ in model.checkpoint_units()]
     model.checkpoint_plan = plan(names, policy)
     return model
-
-
-@contextlib.contextmanager
-def keeping(callback: Callable[[torch.Tensor], None]) -> Iterator[None]:
-    """Tell `callback` about each input a checkpointed segment keeps for its recomputation: these are
-    stored for backward too, but outside autograd's saved tensors (see `frelon.evaluate.memory`)."""
-    _KEPT.append(callback)
-    try:
-        yield
-    finally:
-        _KEPT.remove(callback)

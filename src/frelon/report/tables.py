@@ -14,8 +14,9 @@ METRIC_COLUMNS = ["test_accuracy", "test_balanced_accuracy"]
 # pycocotools' AP (IoU 0.5:0.95), AP50, AP75, by size, and for VOC the 11-point VOC07 AP50 of the CenterNet paper
 DETECTION_COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AP50_voc07"]
 HEADLINE_COLUMNS = METRIC_COLUMNS + ["AP", "AP50", "AP50_voc07"]  # for `dvc metrics show`
+TIMING_COLUMNS = ["epoch_seconds", "images_per_second", "train_seconds", "speedup", "efficiency"]
 # What sets the work of an epoch: runs alike in these differ only in how many processes share it.
-WORK_COLUMNS = ["arch", "norm", "residual", "init", "batch_size", "augmented"]
+WORK_COLUMNS = ["arch", "norm", "residual", "init", "batch_size", "augmented", "augment"]
 
 
 def _score(value: float | None) -> float | None:
@@ -52,21 +53,40 @@ def _detection_row(spec: dict, metrics: dict) -> dict:
     }
 
 
-def _row(metrics_path: Path) -> dict:
-    metrics = json.loads(metrics_path.read_text())
-    spec = json.loads((metrics_path.parent / "spec.json").read_text())
-    history = pd.read_csv(metrics_path.parent / "history.csv")
+def _missing_row(run: Path) -> dict:
+    """A run with no metrics.json: named from its spec (or folder), every measured cell empty."""
+    spec_path = run / "spec.json"
+    if spec_path.exists():
+        spec = json.loads(spec_path.read_text())
+        experiment, seed = spec["experiment"].split("/", 1)[1], spec.get("seed")
+    else:  # results/runs/<study>/<experiment>[/seed<N>]
+        seeded = run.name.startswith("seed") and run.name[4:].isdigit()
+        experiment, seed = (run.parent.name, int(run.name[4:])) if seeded else (run.name, None)
+    return {"experiment": experiment, "seed": seed, "status": "missing"}
+
+
+def _row(run: Path) -> dict:
+    """One run's row from its metrics.json, spec.json and history.csv; a row marked missing without them."""
+    if not (run / "metrics.json").exists():
+        return _missing_row(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    spec = json.loads((run / "spec.json").read_text())
+    history = pd.read_csv(run / "history.csv")
+    status = {"seed": spec.get("seed"), "status": "diverged" if metrics.get("diverged") else "scored"}
     if spec.get("task") == "detection":
-        return {**_detection_row(spec, metrics), **_timing(metrics, history)}
+        row = _detection_row(spec, metrics)
+        return {"experiment": row.pop("experiment"), **status, **row, **_timing(metrics, history)}
     train = spec["train"]
     return {
         "experiment": spec["experiment"].split("/", 1)[1],
+        **status,
         "arch": spec["model"]["arch"],
         "norm": spec["model"]["norm"],
         "residual": spec["model"]["residual"],
         "init": spec["model"]["weights"] or "random",
         "trained": "head" if spec["model"]["head_only"] else "all",
         "augmented": spec["data"]["augmented"],
+        "augment": "+".join(spec["data"].get("augment", ["mirror"])) or "none",
         "epochs": train["epochs"],
         "world_size": train["world_size"],
         "batch_size": train["batch_size"],
@@ -86,7 +106,7 @@ def add_scaling(table: pd.DataFrame) -> pd.DataFrame:
     sizes that has such runs."""
     if not set(WORK_COLUMNS) <= set(table):  # detection: no scaling study
         return table
-    single = table[table.world_size == 1]
+    single = table[(table.world_size == 1) & table.epoch_seconds.notna()]
     if single.empty or table.world_size.nunique() == 1:
         return table
     baseline = single.groupby(WORK_COLUMNS).epoch_seconds.median()
@@ -108,18 +128,91 @@ def add_references(table: pd.DataFrame, references: dict[str, dict]) -> pd.DataF
     return table
 
 
-def study_table(metrics_files: list[str | os.PathLike], references: dict[str, dict] | None = None) -> pd.DataFrame:
-    """One row per run, from each run's metrics.json and the spec.json and history.csv beside it."""
-    table = pd.DataFrame([_row(Path(p)) for p in metrics_files])
-    counts = {c: "Int64" for c in ("n_test", "n_val", "diverged_at_step") if c in table}
+def _run_folder(path: str | os.PathLike) -> Path:
+    """A run folder, given as the folder or as its metrics.json."""
+    path = Path(path)
+    return path.parent if path.name == "metrics.json" else path
+
+
+def run_table(runs: list[str | os.PathLike], references: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per run (per seed), from each run's metrics.json and the spec.json and history.csv beside
+    it; a run without metrics.json is a row marked `missing`, its measured cells empty."""
+    table = pd.DataFrame([_row(_run_folder(p)) for p in runs])
+    counts = {c: "Int64" for c in ("seed", "n_test", "n_val", "diverged_at_step") if c in table}
     table = table.astype(counts)  # counts, empty where absent
-    return add_references(add_scaling(table), references or {})
+    return add_references(add_scaling(table) if "epoch_seconds" in table else table, references or {})
 
 
-def write_table(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
+def measured_columns(table: pd.DataFrame) -> list[str]:
+    """The columns a seed changes: scores and timings (averaged over seeds, with their spread)."""
+    return [c for c in [*METRIC_COLUMNS, *DETECTION_COLUMNS, *TIMING_COLUMNS] if c in table]
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment (in the order of first appearance): its settings, `runs` (how many),
+    `n` (scored: neither diverged nor missing), `diverged`, `missing`, and for each measured column the
+    mean over the runs that have it and `<column>_std` (sample standard deviation; empty below 2)."""
+    measured = measured_columns(runs)
+    per_run = {"seed", "status", "diverged_at_step", *measured}
+    rows = []
+    for experiment, group in runs.groupby("experiment", sort=False):
+        present = group[group.status != "missing"]
+        settings = present.iloc[0] if len(present) else group.iloc[0]
+        row = {c: settings.get(c) for c in runs.columns if c not in per_run}
+        row.update(runs=len(group), n=int((group.status == "scored").sum()),
+                   diverged=int((group.status == "diverged").sum()), missing=int((group.status == "missing").sum()))
+        for column in measured:
+            values = pd.to_numeric(group[column], errors="coerce").dropna()
+            row[column] = values.mean() if len(values) else None
+            row[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else None
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    digits = {c: (4 if c in METRIC_COLUMNS + DETECTION_COLUMNS else 3) for c in measured}
+    for column, d in digits.items():
+        table[column] = pd.to_numeric(table[column]).round(d)
+        table[f"{column}_std"] = pd.to_numeric(table[f"{column}_std"]).round(d)
+    return table
+
+
+def study_table(runs: list[str | os.PathLike], references: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The study's table: one row per experiment, mean and spread over its seeds (see `aggregate`)."""
+    return aggregate(run_table(runs, references))
+
+
+def _cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: `mean ± std` in one cell, empty cells for what was not measured."""
+    shown = pd.DataFrame({c: [None if pd.isna(v) else v for v in table[c]] for c in table.columns}, dtype=object)
+    for column in measured_columns(table):
+        std = f"{column}_std"
+        if std in table:
+            shown[column] = pd.Series([None if pd.isna(m) else (f"{m:g}" if pd.isna(s) else f"{m:g} ± {s:g}")
+                                       for m, s in zip(table[column], table[std])], index=shown.index, dtype=object)
+            shown = shown.drop(columns=std)
+    return shown
+
+
+def _latex(cells: pd.DataFrame) -> str:
+    """A booktabs tabular of the table's cells (no jinja2 needed)."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{",
+               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+    def tex(value) -> str:
+        return "".join(special.get(char, char) for char in ("" if value is None else str(value)))
+
+    lines = [r"\begin{tabular}{" + "l" * len(cells.columns) + "}", r"\toprule",
+             " & ".join(tex(c) for c in cells.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
+    return "\n".join([*lines, r"\bottomrule", r"\end{tabular}", ""])
+
+
+def write_table(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                tex_path: str | os.PathLike | None = None) -> None:
+    """CSV (every column, std apart), Markdown and LaTeX (`mean ± std` cells, empty where not measured)."""
     write_text(csv_path, table.to_csv(index=False))
-    cells = table.astype(object).where(table.notna(), None)  # an empty cell, not "nan" or "<NA>"
+    cells = _cells(table)
     write_text(md_path, cells.to_markdown(index=False, missingval="") + "\n")
+    if tex_path is not None:
+        write_text(tex_path, _latex(cells))
 
 
 def write_metrics(tables: dict[str, str | os.PathLike], out: str | os.PathLike) -> dict:

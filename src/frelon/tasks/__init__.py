@@ -8,10 +8,12 @@ from frelon.tasks.base import Task
 
 def build(spec: dict) -> Task:
     """The task named by the spec."""
-    from frelon.tasks.classification import ClassificationTask
-    from frelon.tasks.detection.task import DetectionTask
+    if spec["task"] == "classification":
+        from frelon.tasks.classification import ClassificationTask
 
-    tasks = {"classification": ClassificationTask, "detection": DetectionTask}
-    if spec["task"] not in tasks:
-        raise FrelonError(f"task {spec['task']!r} is unknown: choose one of {', '.join(tasks)}")
-    return tasks[spec["task"]](spec)
+        return ClassificationTask(spec)
+    if spec["task"] == "detection":  # imported only here: torchvision.ops costs a classification run 2 s
+        from frelon.tasks.detection.task import DetectionTask
+
+        return DetectionTask(spec)
+    raise FrelonError(f"task {spec['task']!r} is unknown: choose one of classification, detection")

@@ -32,8 +32,11 @@ class ClassificationTask:
         return model
 
     def dataset(self, split: str, train: bool = False) -> CachedSplit:
+        """`train` augments as data.augment says (absent: ["mirror"], what specs meant before the
+        key existed); evaluation splits are never augmented."""
         data = self.spec["data"]
-        return CachedSplit(Path(data["dir"]) / f"{split}.pt", data["preprocessing"], flip=train,
+        return CachedSplit(Path(data["dir"]) / f"{split}.pt", data["preprocessing"],
+                           data.get("augment", ["mirror"]) if train else (), data.get("augment_options"),
                            seed=self.spec["seed"])
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

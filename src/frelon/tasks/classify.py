@@ -4,7 +4,6 @@ pictures), with the preprocessing it was trained with; class probabilities per i
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 import torch

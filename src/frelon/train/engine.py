@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -114,12 +115,31 @@ def _agree_to_stop(nonfinite: torch.Tensor, preemption: Preemption, world: World
     return bool(flags[1] > 0)
 
 
-def _epoch_means(sums: dict[str, torch.Tensor]) -> tuple[dict[str, float], float]:
-    """Per-sample means of the task's sums over every rank (`train_<name>`), and the sample count."""
+def _epoch_means(sums: dict[str, torch.Tensor], timed: torch.Tensor) -> tuple[dict[str, float], float]:
+    """Per-sample means of the task's sums over every rank (`train_<name>`), and the samples all ranks
+    processed while this process timed the epoch (`timed`: this rank's; after a resume, fewer than the
+    epoch's, whose sums include the batches done before the interruption)."""
     keys = list(sums)
-    totals = dict(zip(keys, all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist()))
+    *values, timed_total = all_reduce_sum(torch.stack([*(sums[k] for k in keys), timed])).tolist()
+    totals = dict(zip(keys, values))
     samples = totals.pop("samples")
-    return {f"train_{k}": v / samples for k, v in totals.items()}, samples
+    return {f"train_{k}": v / samples for k, v in totals.items()}, timed_total
+
+
+def _group_size(batch_in_epoch: int, accumulate: int, batches_per_epoch: int) -> int:
+    """Micro-batches in the accumulation group of batch `batch_in_epoch` (1-based): `accumulate`, fewer
+    in an epoch's last group when the epoch's batches are not a multiple of it."""
+    start = (batch_in_epoch - 1) // accumulate * accumulate
+    return min(accumulate, batches_per_epoch - start)
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank. DDP broadcasts them only at the
+    start of a training forward, so after the epoch's last step each rank holds the statistics updated
+    by its own last batch, and sharded validation would score every shard with another model."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def fit(task: Task, spec: dict, world: World) -> list[dict]:
@@ -158,7 +178,7 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
         mine = saved["ranks"][world.rank]
         sums = {k: v.to(world.device) for k, v in mine["sums"].items()}
         checkpoints.set_rng_state(mine["rng"])
-        history.restore(saved["history"], step)
+        history.restore(saved["history"])
         if world.is_main:
             print(f"resumed from {state_path}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}", flush=True)
     else:
@@ -166,13 +186,17 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
     net = _wrap(model, cfg, world)
 
     def end_epoch(seconds: float, validate: bool) -> None:
-        means, samples = _epoch_means(sums)
+        """`seconds` and `timed_images` cover what this process ran of the epoch: after a resume, only the
+        batches since (the train_* means still cover the whole epoch)."""
+        means, images = _epoch_means(sums, timed)
+        if validate:
+            _broadcast_buffers(model)
         scores = task.evaluate(model, "val", world) if validate else {}
         history.epoch({
             "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1), **means,
             **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
-            "epoch_seconds": seconds, "images_per_second": samples / seconds,
-            "peak_memory_mb": peak_memory_mb(world.device),
+            "epoch_seconds": seconds, "images_per_second": images / seconds if images else math.nan,
+            "timed_images": images, "peak_memory_mb": peak_memory_mb(world.device),
         })
 
     def save_state() -> None:
@@ -197,7 +221,9 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
             net.train()
             if batch_in_epoch == 0:
                 sums = {}
-            epoch_start = tick = time.perf_counter()
+            timed = torch.zeros((), device=world.device, dtype=torch.float64)  # this rank's samples since epoch_start
+            epoch_start = tick = row_tick = time.perf_counter()
+            row_images = 0.0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", total=batches_per_epoch,
                        initial=batch_in_epoch, disable=not world.is_main, leave=False,
                        mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line now and then
@@ -210,12 +236,13 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                 with sync:
                     with autocast:
                         loss, stats = task.loss(net, batch)
-                    scaler.scale(loss / accumulate).backward()
+                    scaler.scale(loss / _group_size(batch_in_epoch, accumulate, batches_per_epoch)).backward()
                 loss = loss.detach()
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss)).float())
                 stats = {"loss": loss.float() * stats["samples"], **stats}
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0) + value.detach().to(world.device, torch.float64)
+                timed += stats["samples"].to(world.device, torch.float64)
                 if not boundary:
                     tick = time.perf_counter()
                     continue
@@ -227,8 +254,10 @@ def fit(task: Task, spec: dict, world: World) -> list[dict]:
                         save_state()
                         _stopped_after_save(world)
                         raise Preempted(f"stopped on request at iteration {step}; state saved to {state_path}")
-                    history.iteration(step, epoch, loss.item(), lr, data_time, time.perf_counter() - tick,
-                                      cfg["batch_size"] * accumulate * world.world_size)
+                    now, images = time.perf_counter(), timed.item()  # every rank has as many (DistributedSampler pads)
+                    history.iteration(step, epoch, loss.item(), lr, data_time, now - tick,
+                                      (images - row_images) * world.world_size / (now - row_tick))
+                    row_tick, row_images = now, images
                     bar.set_postfix(loss=f"{history.iterations[-1]['loss']:.3f}", lr=f"{lr:.3g}", refresh=False)
                 if save_now:
                     save_state()

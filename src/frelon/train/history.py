@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import resource
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from frelon.atomic import atomic_path, write_text
+from frelon.atomic import write_text
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -28,11 +26,9 @@ class History:
         self.iterations: list[dict] = []
         self.epochs: list[dict] = []
         self._writer = None
-        self._last = (time.perf_counter(), 0)
 
-    def restore(self, state: dict, step: int) -> None:
+    def restore(self, state: dict) -> None:
         self.iterations, self.epochs = list(state["iterations"]), list(state["epochs"])
-        self._last = (time.perf_counter(), step)
 
     def state(self) -> dict:
         return {"iterations": self.iterations, "epochs": self.epochs}
@@ -49,13 +45,11 @@ class History:
         return self._writer
 
     def iteration(self, step: int, epoch: int, loss: float, lr: float, data_time: float,
-                  compute_time: float, images_per_step: int) -> None:
-        then, then_step = self._last
-        now = time.perf_counter()
+                  compute_time: float, images_per_second: float) -> None:
+        """`images_per_second`: the images all ranks trained on since the previous row of the epoch (or
+        its start) over the time since."""
         row = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr, "data_seconds": data_time,
-               "compute_seconds": compute_time,
-               "images_per_second": images_per_step * (step - then_step) / max(now - then, 1e-9)}
-        self._last = (now, step)
+               "compute_seconds": compute_time, "images_per_second": images_per_second}
         self.iterations.append(row)
         if self.enabled:
             writer = self._tensorboard()
@@ -81,23 +75,4 @@ class History:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        if self.enabled and self.iterations:
-            plot_lr(pd.DataFrame(self.iterations), self.out / "lr.png")
 
-
-def plot_lr(iterations: pd.DataFrame, out: Path) -> None:
-    """The learning rate actually used, per optimizer step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(iterations["step"], iterations["lr"])
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    print(f"learning-rate plot: {out}", file=sys.stderr)

@@ -25,6 +25,13 @@ def scaled_lr(base_lr: float, global_batch: int, base_batch: int) -> float:
     return base_lr * global_batch / base_batch
 
 
+def warmup_start_factor(lr_scaling: str, global_batch: int, base_batch: int) -> float:
+    """Where warmup starts when the config does not say. Under linear scaling, from the unscaled lr
+    (Goyal et al. 2017: base_lr, i.e. base_batch / global_batch of the peak), at most the peak itself
+    (a batch below base_batch scales the lr down: nothing to warm up from); otherwise from zero."""
+    return min(1.0, base_batch / global_batch) if lr_scaling == "linear" else 0.0
+
+
 def warmup_steps(policy: dict, steps_per_epoch: int) -> int:
     if policy.get("warmup_iterations") is not None:
         return int(policy["warmup_iterations"])

@@ -1,4 +1,5 @@
-"""The program torchrun starts on every rank: `python -m frelon.train.worker {train,evaluate} SPEC`.
+"""The program torchrun starts on every rank: `python -m frelon.train.worker {train,evaluate} SPEC`;
+`train SPEC --out METRICS` trains, then scores the test split as `evaluate` does.
 
 On a GPU the rank holds its GPU's lock from `distributed.init` until it exits (see
 `frelon.train.launcher`), so the GPU stays taken while the rank lives, even if the launcher and
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                               f"--gpus-per-node=<GPUs per node> to slurm_extra in profiles/slurm/profile.yaml")
         if args.mode == "train":
             engine.fit(tasks.build(spec), spec, world)
+            if args.out:  # score it now, in the processes that trained it: no second start-up per run
+                distributed.all_reduce_sum(torch.zeros(1, device=world.device))  # rank 0 has written model.pt
+                evaluate(spec, str(Path(spec["output"]) / "model.pt"), args.out, world)
         else:
             evaluate(spec, args.checkpoint, args.out, world)
     except Preempted as exc:

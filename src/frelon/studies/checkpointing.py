@@ -3,9 +3,10 @@
 For one model, input size, batch and policy:
 
 - **saved activations**: bytes of the tensors kept for backward, counted exactly on any device:
-  autograd's saved tensors (through `torch.autograd.graph.saved_tensors_hooks`) plus the inputs
-  checkpointed segments keep for their recomputation; each storage counted once; parameters left
-  out (they are not activations);
+  autograd's saved tensors, through `torch.autograd.graph.saved_tensors_hooks`, which include the
+  input each checkpointed segment keeps for its recomputation (`torch.utils.checkpoint` saves it as
+  one); each storage counted once; parameters left out (they are not activations). The hooks are
+  thread-local and the innermost win, so the count belongs to the measurement that installed them;
 - **peak memory**: `torch.cuda.max_memory_allocated` over a training step (GPU only);
 - **step time**: median of `steps` timed training steps (forward, backward, SGD step) after
   `warmup` untimed ones;
@@ -78,7 +79,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
             stored[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(note, lambda t: t), checkpointing.keeping(note):
+    with torch.autograd.graph.saved_tensors_hooks(note, lambda t: t):
         loss = _loss(model(x), y)
     loss.backward()  # frees what was stored
     model.zero_grad(set_to_none=True)

@@ -1,0 +1,104 @@
+"""The figures of the report, each from the runs' own files: training curves and the learning-rate
+schedules actually used, per study, and the speed-up and efficiency of a scaling study."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from frelon.atomic import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: str | os.PathLike) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def _histories(runs: list[str | os.PathLike], name: str) -> list[pd.DataFrame]:
+    """The runs' `name` CSV files that exist (a missing run has none)."""
+    return [pd.read_csv(Path(r) / name) for r in runs if (Path(r) / name).exists()]
+
+
+def _curve(ax, frames: list[pd.DataFrame], x: str, y: str, label: str, color) -> bool:
+    """Mean over seeds, and their range as a band; False when no run has the column."""
+    frames = [f[[x, y]].dropna() for f in frames if y in f]
+    if not frames:
+        return False
+    joined = pd.concat(frames).groupby(x)[y]
+    mean, low, high = joined.mean(), joined.min(), joined.max()
+    n = len(frames)
+    ax.plot(mean.index, mean.values, color=color, label=f"{label} (n={n})" if n > 1 else label, lw=1.4)
+    if n > 1:
+        ax.fill_between(mean.index, low.values, high.values, color=color, alpha=0.15, lw=0)
+    return True
+
+
+def study_curves(study: str, runs: dict[str, list[str | os.PathLike]], out: str | os.PathLike) -> None:
+    """Per experiment: training loss and validation score per epoch (mean over seeds, band: their range)
+    and the learning rate of every optimizer step as the run used it (the first seed's)."""
+    plt = _pyplot()
+    histories = {e: _histories(r, "history.csv") for e, r in runs.items()}
+    iterations = {e: _histories(r[:1], "iterations.csv") for e, r in runs.items()}
+    val = next((c for c in ("val_accuracy", "val_AP", "val_AP50") for hs in histories.values() for h in hs
+                if c in h), None)
+    panels = [("train_loss", "epoch", "training loss"), *([(val, "epoch", val.replace("_", " "))] if val else []),
+              ("lr", "step", "learning rate (per step)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
+    for i, experiment in enumerate(runs):
+        color = colors(i % colors.N)
+        for ax, (column, x, _) in zip(axes[0], panels):
+            source = iterations[experiment] if column == "lr" else histories[experiment]
+            _curve(ax, source, x, column, experiment, color)
+    for ax, (column, x, title) in zip(axes[0], panels):
+        ax.set_title(title)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        if column == "train_loss":
+            ax.set_yscale("log")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(6, max(1, len(labels))), fontsize=8,
+               bbox_to_anchor=(0.5, 1.02 + 0.045 * (len(labels) // 6)), frameon=False)
+    fig.suptitle(f"{study}: training curves", y=1.1 + 0.045 * (len(labels) // 6))
+    _save(fig, out)
+
+
+def scaling_plot(table: pd.DataFrame, study: str, out: str | os.PathLike) -> bool:
+    """Speed-up and efficiency against world size, ideal line for reference; False (nothing written)
+    when the table has no speed-up (no one-process run of the same work)."""
+    if "speedup" not in table or table.speedup.isna().all():
+        return False
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    sizes = sorted(table.world_size.unique())
+    left.plot(sizes, sizes, color="grey", ls="--", lw=1, label="ideal (linear)")
+    right.axhline(1.0, color="grey", ls="--", lw=1, label="ideal")
+    for i, row in enumerate(table.itertuples()):
+        color = plt.get_cmap("tab10")(i % 10)
+        for ax, column in ((left, "speedup"), (right, "efficiency")):
+            std = getattr(row, f"{column}_std", None)
+            ax.errorbar(row.world_size + (i - len(table) / 2) * 0.03, getattr(row, column),
+                        yerr=None if std is None or pd.isna(std) else std, fmt="o", color=color, capsize=3,
+                        label=row.experiment if column == "speedup" else None)
+    left.set(title="speed-up (time per epoch, 1 process / N)", xlabel="world size", ylabel="speed-up")
+    right.set(title="efficiency (speed-up / N)", xlabel="world size", ylabel="efficiency")
+    for ax in (left, right):
+        ax.set_xticks(sizes)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle(f"{study}: data-parallel scaling")
+    _save(fig, out)
+    return True

@@ -1,0 +1,595 @@
+"""Adversarial examples on trained hornet classifiers: how little a picture must change to fool them.
+
+Every attack works on pixels in [0, 1], before the normalisation the network was trained with, so
+eps bounds a change a camera could actually record (eps = 8/255: eight grey levels per channel).
+
+- FGSM: Goodfellow, Shlens & Szegedy 2015, "Explaining and harnessing adversarial examples" (ICLR).
+- PGD: Madry et al. 2018, "Towards deep learning models resistant to adversarial attacks" (ICLR).
+- Patch: Brown et al. 2017, "Adversarial patch" (arXiv:1712.09665).
+
+Accuracy under attack counts an image as robust only when the network classifies the clean image
+and every perturbed image the attack tried correctly: the attacker keeps the first adversarial
+example it finds (as RobustBench and AutoAttack score), so PGD stops early on a fooled image and
+robust accuracy never exceeds clean accuracy. Every draw (random starts, patch positions, noise)
+comes from a seeded `torch.Generator` on the CPU: the same numbers on every run and device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frelon.data.dataset import sample_seed
+from frelon.errors import FrelonError
+
+ATTACKS = ("fgsm", "pgd")
+DEFAULTS = {
+    "eps": [0, 1, 2, 4, 8],          # L-infinity radii, in 1/255 of the pixel range
+    "pgd_steps": 10,
+    "pgd_step_size": None,           # None: 2.5 * eps / steps (Madry et al.), in pixels
+    "patch_areas": [0.01, 0.02, 0.05, 0.10],
+    "patch_steps": 100,
+    "patch_lr": 0.05,
+    "patch_batch": 16,               # training images per patch optimisation step
+    "patch_source": "absence",       # class name or index of the images the patch is pasted on
+    "patch_target": "presence",      # class name or index the patch should make the network say
+    "patch_model": None,             # None: the first model that did not diverge
+    "example_index": None,           # test image of example.png; None: the first one PGD fools
+    "max_images": None,              # the first N test images only; None: all
+    "batch_size": 64,
+    "seed": 0,
+}
+
+
+class PixelModel(nn.Module):
+    """pixels in [0, 1] -> (pixels - mean) / std -> the network: the attacks bound the change in
+    pixels, not in normalised units (whose scale differs per channel)."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype))
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [0, 1] from uint8 images (/255) or float ones (checked, not rescaled)."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255
+    if not images.is_floating_point():
+        raise FrelonError(f"images of dtype {images.dtype}: give uint8 (0-255) or float pixels in [0, 1]")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise FrelonError(f"float images range over [{float(images.min()):.3g}, {float(images.max()):.3g}]: "
+                          f"give pixels in [0, 1] (divide uint8 images by 255), not normalised ones")
+    return images
+
+
+def project(adversarial: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """The nearest point of the eps-ball around `clean` that is also an image: clip to
+    [clean - eps, clean + eps], then to [0, 1] (exact, as both are boxes and clean lies in both)."""
+    return torch.max(torch.min(adversarial, clean + eps), clean - eps).clamp(0, 1)
+
+
+def _ascent(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targeted: bool
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the attacker's objective at x and the logits there. Untargeted: raise the
+    cross-entropy of the true label; targeted: lower that of the target. Summed over the batch, so an
+    image's gradient does not depend on the batch it is in."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), x)
+    return (-grad if targeted else grad), logits.detach()
+
+
+def _check_eps(eps: float) -> None:
+    if not eps >= 0:
+        raise FrelonError(f"eps {eps}: give a non-negative radius, in pixels of [0, 1] (e.g. 8/255)")
+
+
+def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
+         targeted: bool = False) -> torch.Tensor:
+    """One step of eps * sign(gradient) from the clean pixels, clipped to [0, 1] (Goodfellow et al.).
+    `model` takes pixels in [0, 1] (see PixelModel) and is in eval mode; targeted: `labels` are targets."""
+    _check_eps(eps)
+    grad, _ = _ascent(model, images, labels, targeted)
+    return project(images + eps * grad.sign(), images, eps)
+
+
+def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 10,
+        step_size: float | None = None, targeted: bool = False, generator: torch.Generator | None = None,
+        random_start: bool = True, callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Projected gradient descent (Madry et al.): a uniform random start in the eps-ball, then `steps`
+    signed steps of `step_size` (default 2.5 * eps / steps), each iterate projected back to the ball
+    and to [0, 1]. Returns the last iterate; `callback(step, iterate)` sees every one (step 0: the start).
+    The start is drawn from `generator` (default: seeded 0) on the CPU, the same on any device."""
+    _check_eps(eps)
+    if steps < 0:
+        raise FrelonError(f"pgd steps {steps}: give 0 (random start only) or more")
+    alpha = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    adversarial = images
+    if random_start:
+        generator = generator or torch.Generator().manual_seed(0)
+        start = torch.rand(images.shape, generator=generator, dtype=images.dtype) * 2 - 1
+        adversarial = project(images + eps * start.to(images.device), images, eps)
+    if callback:
+        callback(0, adversarial)
+    for step in range(1, steps + 1):
+        grad, _ = _ascent(model, adversarial, labels, targeted)
+        adversarial = project(adversarial + alpha * grad.sign(), images, eps)
+        if callback:
+            callback(step, adversarial)
+    return adversarial
+
+
+def _pgd_until_fooled(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
+                      alpha: float, start: torch.Tensor) -> torch.Tensor:
+    """`pgd`, untargeted, that drops an image as soon as an iterate is misclassified: which images
+    were fooled (bool per image). The iterates are those of `pgd` with the same start."""
+    adversarial = project(images + eps * start, images, eps)
+    fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+    active = torch.arange(len(images), device=images.device)
+    for step in range(steps + 1):
+        x, y = adversarial[active], labels[active]
+        if step < steps:
+            grad, logits = _ascent(model, x, y, targeted=False)
+        else:
+            with torch.no_grad():
+                logits = model(x)
+        wrong = logits.argmax(1) != y
+        fooled[active[wrong]] = True
+        if step == steps or wrong.all():
+            break
+        keep = ~wrong
+        active = active[keep]
+        adversarial[active] = project(x[keep] + alpha * grad[keep].sign(), images[active], eps)
+    return fooled
+
+
+def _eps_list(eps_255: Sequence[float]) -> list[float]:
+    values = list(eps_255)
+    if not values or any(not isinstance(e, (int, float)) or isinstance(e, bool) or e < 0 for e in values):
+        raise FrelonError(f"eps {values}: give a list of non-negative radii in 1/255 units, e.g. [0, 1, 2, 4, 8]")
+    return values
+
+
+def _sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps_255: Sequence[float], steps: int,
+           step_size: float | None, seed: int, batch_size: int, device: torch.device) -> tuple[list[dict], dict]:
+    """The rows of `accuracy_under_attack` and, per image, whether it was classified correctly and
+    which (attack, eps_255) fooled it. One gradient at the clean pixels serves FGSM at every eps."""
+    eps_255 = _eps_list(eps_255)
+    n = len(labels)
+    correct = torch.zeros(n, dtype=torch.bool)
+    fooled = {(a, e): torch.zeros(n, dtype=torch.bool) for a in ATTACKS for e in eps_255}
+    # a generator per eps: the starts at eps e are the same whichever other radii are listed
+    starts = {e: torch.Generator().manual_seed(sample_seed(seed, round(e * 1000))) for e in eps_255}
+    for begin in range(0, n, batch_size):
+        part = slice(begin, begin + batch_size)
+        x = to_pixels(images[part]).to(device)
+        y = labels[part].to(device)
+        grad, logits = _ascent(model, x, y, targeted=False)
+        right = logits.argmax(1) == y
+        correct[part] = right.cpu()
+        for e in eps_255:
+            draw = torch.rand(x.shape, generator=starts[e], dtype=x.dtype) * 2 - 1  # drawn for every image
+            if e == 0 or not right.any():
+                continue  # x itself: the clean prediction
+            eps = e / 255
+            idx = right.nonzero().squeeze(1)
+            with torch.no_grad():
+                wrong = model(project(x[idx] + eps * grad[idx].sign(), x[idx], eps)).argmax(1) != y[idx]
+            fooled["fgsm", e][begin + idx[wrong].cpu()] = True
+            alpha = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+            hit = _pgd_until_fooled(model, x[idx], y[idx], eps, steps, alpha, draw.to(device)[idx])
+            fooled["pgd", e][begin + idx[hit].cpu()] = True
+    rows = [{"attack": a, "eps_255": e, "eps": e / 255,
+             "accuracy": float((correct & ~fooled[a, e]).sum()) / n if n else None, "n": n}
+            for a in ATTACKS for e in eps_255]
+    return rows, {"correct": correct, "fooled": fooled}
+
+
+def accuracy_under_attack(model: nn.Module, mean: Sequence[float], std: Sequence[float], images: torch.Tensor,
+                          labels: torch.Tensor, eps_255: Sequence[float] = (0, 1, 2, 4, 8), steps: int = 10,
+                          step_size: float | None = None, seed: int = 0, batch_size: int = 64,
+                          device: str | torch.device = "cpu") -> list[dict]:
+    """Rows {attack, eps_255, eps, accuracy, n} for FGSM and PGD at each radius (in 1/255): the share
+    of `images` (uint8 or float [0, 1], (N, 3, H, W)) classified correctly clean and under attack.
+    `model` takes normalised input, as trained; eps 0 is the clean accuracy."""
+    net = PixelModel(model, mean, std).to(device).eval()
+    return _sweep(net, images, labels, eps_255, steps, step_size, seed, batch_size, torch.device(device))[0]
+
+
+# --- the adversarial patch -------------------------------------------------------------------------
+
+def patch_side(area: float, height: int, width: int) -> int:
+    """The side in pixels of a square patch covering `area` (a fraction) of an H x W image."""
+    if not 0 < area <= 1:
+        raise FrelonError(f"patch area {area}: give a fraction of the image in (0, 1], e.g. 0.05 for 5 %")
+    side = max(1, round(math.sqrt(area * height * width)))
+    if side > min(height, width):
+        raise FrelonError(f"a patch of {area:.0%} of a {height}x{width} image is {side} px wide and does "
+                          f"not fit: use a smaller area")
+    return side
+
+
+def random_positions(n: int, side: int, height: int, width: int, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tops, lefts) of `n` patches drawn uniformly among the positions that keep them inside the image."""
+    tops = torch.randint(0, height - side + 1, (n,), generator=generator)
+    lefts = torch.randint(0, width - side + 1, (n,), generator=generator)
+    return tops, lefts
+
+
+def paste(images: torch.Tensor, patch: torch.Tensor, top: int | Sequence[int] | torch.Tensor,
+          left: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """A copy of the (N, C, H, W) batch with the (C, s, s) patch at (top, left), one position for all
+    images or one per image; only the patch's own pixels change. Differentiable in the patch."""
+    n, _, height, width = images.shape
+    side = patch.shape[-1]
+    tops, lefts = (torch.as_tensor(v).reshape(-1).tolist() for v in (top, left))
+    if len(tops) not in (1, n) or len(lefts) not in (1, n):
+        raise FrelonError(f"{len(tops)} tops and {len(lefts)} lefts for {n} images: give one position or one per image")
+    tops, lefts = tops * (n // len(tops)), lefts * (n // len(lefts))
+    out = images.clone()
+    for i, (t, l) in enumerate(zip(tops, lefts)):
+        if not (0 <= t <= height - side and 0 <= l <= width - side):
+            raise FrelonError(f"a {side} px patch at (top {t}, left {l}) leaves the {height}x{width} image: "
+                              f"give 0 <= top <= {height - side} and 0 <= left <= {width - side}")
+        out[i, :, t:t + side, l:l + side] = patch.to(out.dtype)
+    return out
+
+
+def train_patch(model: nn.Module, images: torch.Tensor, target: int, side: int, steps: int = 100,
+                lr: float = 0.05, batch: int = 16, generator: torch.Generator | None = None,
+                device: str | torch.device = "cpu") -> torch.Tensor:
+    """A (3, side, side) patch in [0, 1] that makes `model` (pixels in) say `target` wherever it is
+    pasted (Brown et al.): Adam on the patch pixels, each step a random batch of `images` with the
+    patch at a random position per image, clipped back to [0, 1] after each step."""
+    if len(images) == 0:
+        raise FrelonError("no training image to optimise the patch on: the train split has none of the "
+                          "source class; check patch_source")
+    generator = generator or torch.Generator().manual_seed(0)
+    _, _, height, width = images.shape
+    patch = torch.rand(3, side, side, generator=generator).to(device).requires_grad_(True)
+    optimiser = torch.optim.Adam([patch], lr=lr)
+    for _ in range(steps):
+        pick = torch.randperm(len(images), generator=generator)[:batch]
+        tops, lefts = random_positions(len(pick), side, height, width, generator)
+        x = paste(to_pixels(images[pick]).to(device), patch, tops, lefts)
+        loss = F.cross_entropy(model(x), torch.full((len(pick),), target, device=device))
+        (patch.grad,) = torch.autograd.grad(loss, patch)
+        optimiser.step()
+        with torch.no_grad():
+            patch.clamp_(0, 1)
+    return patch.detach()
+
+
+@torch.no_grad()
+def patch_success(model: nn.Module, images: torch.Tensor, patch: torch.Tensor, target: int,
+                  generator: torch.Generator, batch_size: int = 64, device: str | torch.device = "cpu"
+                  ) -> tuple[float | None, float | None]:
+    """(patch, noise): the share of `images` classified as `target` with the patch pasted at a random
+    position, and with a uniform-noise patch of the same size at the same positions, the base rate of
+    covering that much of the picture. None for no image."""
+    n, _, height, width = images.shape
+    if n == 0:
+        return None, None
+    side = patch.shape[-1]
+    tops, lefts = random_positions(n, side, height, width, generator)
+    noise = torch.rand(patch.shape, generator=generator).to(device)
+    hits = torch.zeros(2)
+    for begin in range(0, n, batch_size):
+        part = slice(begin, begin + batch_size)
+        x = to_pixels(images[part]).to(device)
+        for k, p in enumerate((patch.to(device), noise)):
+            hits[k] += (model(paste(x, p, tops[part], lefts[part])).argmax(1) == target).sum().cpu()
+    return float(hits[0]) / n, float(hits[1]) / n
+
+
+def patch_study(model: nn.Module, mean: Sequence[float], std: Sequence[float], train_images: torch.Tensor,
+                test_images: torch.Tensor, target: int, areas: Sequence[float] = (0.01, 0.02, 0.05, 0.10),
+                steps: int = 100, lr: float = 0.05, batch: int = 16, seed: int = 0, batch_size: int = 64,
+                device: str | torch.device = "cpu") -> tuple[list[dict], dict[float, torch.Tensor]]:
+    """One patch per area, optimised on `train_images` (of the source class) to make the network say
+    `target`, scored on `test_images` (of the source class): rows {area, side_px, success,
+    noise_success, n} and the patches by area. `model` takes normalised input, as trained."""
+    net = PixelModel(model, mean, std).to(device).eval()
+    _, _, height, width = test_images.shape
+    rows, patches = [], {}
+    for area in areas:
+        side = patch_side(area, height, width)
+        generator = torch.Generator().manual_seed(sample_seed(seed, round(area * 1e6)))
+        patches[area] = train_patch(net, train_images, target, side, steps, lr, batch, generator, device)
+        success, noise = patch_success(net, test_images, patches[area], target, generator, batch_size, device)
+        rows.append({"area": area, "side_px": side, "success": success, "noise_success": noise,
+                     "n": len(test_images)})
+    return rows, patches
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: str | os.PathLike) -> None:
+    from frelon.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _pyplot().close(fig)
+
+
+def _show(ax, pixels: torch.Tensor, title: str) -> None:
+    ax.imshow(pixels.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+@torch.no_grad()
+def _verdict(model: nn.Module, pixels: torch.Tensor, classes: Sequence[str]) -> str:
+    p = model(pixels.unsqueeze(0)).float().softmax(1)[0]
+    best = int(p.argmax())
+    return f"{classes[best]} ({float(p[best]):.1%})"
+
+
+def plot_example(model: nn.Module, clean: torch.Tensor, adversarial: torch.Tensor, classes: Sequence[str],
+                 eps_255: float, out: str | os.PathLike, label: str = "PGD") -> None:
+    """The panda -> gibbon picture of Goodfellow et al.: clean image, perturbation amplified to fill
+    [0, 1] around grey 0.5, perturbed image, each with the class `model` (pixels in) gives it."""
+    plt = _pyplot()
+    delta = (adversarial - clean).detach()
+    scale = float(delta.abs().max())
+    shown = 0.5 + 0.5 * delta / scale if scale > 0 else torch.full_like(delta, 0.5)
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    _show(axes[0], clean, f"clean: {_verdict(model, clean, classes)}")
+    _show(axes[1], shown, f"+ {label} perturbation, eps {eps_255:g}/255\n(amplified x{0.5 / scale:.0f})"
+          if scale > 0 else "no perturbation (eps 0)")
+    _show(axes[2], adversarial, f"perturbed: {_verdict(model, adversarial, classes)}")
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def plot_patch(model: nn.Module, patches: dict[float, torch.Tensor], example: torch.Tensor,
+               positions: dict[float, tuple[int, int]], classes: Sequence[str], rows: Sequence[dict],
+               out: str | os.PathLike, target: str = "target", title: str = "") -> None:
+    """Each patch, the example image with it pasted (and the class `model`, pixels in, gives it), and
+    the success rate against the patch area, beside the base rate of a noise patch."""
+    plt = _pyplot()
+    areas = list(patches)
+    fig = plt.figure(figsize=(2.3 * max(len(areas), 2), 7.6))
+    grid = fig.add_gridspec(3, max(len(areas), 1), height_ratios=[1, 1, 1.3])
+    for k, area in enumerate(areas):
+        side = patches[area].shape[-1]
+        _show(fig.add_subplot(grid[0, k]), patches[area], f"patch {area:.0%} ({side} px)")
+        pasted = paste(example.unsqueeze(0), patches[area], *positions[area])[0]
+        _show(fig.add_subplot(grid[1, k]), pasted, f"with it: {_verdict(model, pasted, classes)}")
+    ax = fig.add_subplot(grid[2, :])
+    done = [r for r in rows if r["success"] is not None]
+    ax.plot([100 * r["area"] for r in done], [r["success"] for r in done], "o-", label="adversarial patch")
+    ax.plot([100 * r["area"] for r in done], [r["noise_success"] for r in done], "s--", label="noise patch")
+    ax.set_xlabel("patch area (% of the image)")
+    ax.set_ylabel(f"share classified {target}")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def _placeholder(out: str | os.PathLike, message: str) -> None:
+    """A figure that says why there is nothing to show, so the workflow's output still exists."""
+    fig, ax = _pyplot().subplots(figsize=(5, 2))
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    ax.axis("off")
+    _save(fig, out)
+
+
+# --- the study -----------------------------------------------------------------------------------
+
+def _settings(settings: dict) -> dict:
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise FrelonError(f"unknown adversarial setting(s) {unknown}; known: {sorted(DEFAULTS)}")
+    s = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}  # null: the default
+    _eps_list(s["eps"])
+    if not s["patch_areas"]:
+        raise FrelonError("adversarial patch_areas is empty: give fractions of the image, e.g. [0.01, 0.05]")
+    for key in ("pgd_steps", "patch_steps", "patch_batch", "batch_size"):
+        if not isinstance(s[key], int) or s[key] < (0 if key.endswith("steps") else 1):
+            raise FrelonError(f"adversarial {key} {s[key]!r}: give a whole number of at least "
+                              f"{0 if key.endswith('steps') else 1}")
+    if s["max_images"] is not None and (not isinstance(s["max_images"], int) or s["max_images"] < 1):
+        raise FrelonError(f"adversarial max_images {s['max_images']!r}: give a positive number or null (all)")
+    return s
+
+
+def _load_split(path: Path) -> dict:
+    if not path.exists():
+        raise FrelonError(f"{path} is missing: prepare the dataset first (frelon prepare)")
+    blob = torch.load(path, weights_only=True)
+    missing = [k for k in ("images", "labels", "classes", "resize", "crop") if k not in blob]
+    if missing:
+        raise FrelonError(f"{path} has no {', '.join(missing)}: prepare the dataset again (frelon prepare)")
+    return blob
+
+
+def _class_index(value: str | int, classes: list[str], key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(classes):
+        return value
+    if isinstance(value, str) and value in classes:
+        return classes.index(value)
+    raise FrelonError(f"adversarial {key} {value!r} is not a class of the dataset: give one of {classes} "
+                      f"or its index")
+
+
+def _of_class(split: dict, label: int, cap: int | None = None) -> torch.Tensor:
+    """The images of one class among the first `cap` of a split."""
+    return split["images"][:cap][split["labels"][:cap] == label]
+
+
+def _peek(path: str | os.PathLike) -> dict:
+    """A run's model.pt, its weights mapped but not read: checked before any attack starts."""
+    from frelon.train.checkpoints import load_trained
+
+    if not Path(path).exists():
+        raise FrelonError(f"{path} is missing: train the run first (snakemake builds it)")
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if state.get("spec", {}).get("task") != "classification":
+        load_trained(path, "classification")  # its error names the fix
+    return state
+
+
+def _check_model(path: str, state: dict, test: dict, data_dir: Path) -> None:
+    """The model must have been trained on images prepared like the cached split, with its classes."""
+    cached = {key: test[key] for key in ("resize", "crop")}
+    wanted = {key: state["preprocessing"][key] for key in ("resize", "crop")}
+    if cached != wanted:
+        raise FrelonError(f"{data_dir / 'test.pt'} was prepared with {cached} but {path} expects {wanted}; "
+                          f"attack the model on the dataset it was trained on")
+    names = [c["name"] for c in state["classes"]]
+    if names != list(test["classes"]):
+        raise FrelonError(f"{path} classifies {names} but {data_dir} holds {list(test['classes'])}: attack the "
+                          f"model on the dataset it was trained on")
+
+
+def run_study(models: dict[str, str], data_dir: str, out_dir: str, settings: dict, device: str = "cpu") -> dict:
+    """The adversarial study of trained classifiers on a prepared dataset's test split: accuracy under
+    FGSM and PGD per model (attacks.csv/.md), an adversarial patch per area for one model (patch.csv/.md,
+    patch.png) and the panda -> gibbon figure (example.png). A diverged run gets empty rows."""
+    from frelon.report.tables import write_table
+    from frelon.tasks.classify import load_classifier
+
+    import pandas as pd
+
+    began = time.perf_counter()
+    s = _settings(settings)
+    if not models:
+        raise FrelonError("no model to attack: give at least one run's model.pt")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FrelonError("device: cuda but no GPU is visible; set device: cpu or auto")
+    target = torch.device("cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    test, train = _load_split(data_dir / "test.pt"), _load_split(data_dir / "train.pt")
+    classes = list(test["classes"])
+    images, labels = test["images"][: s["max_images"]], test["labels"][: s["max_images"]]
+    if len(labels) == 0:
+        raise FrelonError(f"{data_dir / 'test.pt'} holds no image: prepare the dataset with a test split")
+    for area in s["patch_areas"]:
+        patch_side(area, *images.shape[-2:])
+    if s["example_index"] is not None and not 0 <= s["example_index"] < len(labels):
+        raise FrelonError(f"example_index {s['example_index']} is outside the {len(labels)} test images attacked: "
+                          f"give 0 to {len(labels) - 1}, or null for the first image PGD fools")
+    source = _class_index(s["patch_source"], classes, "patch_source")
+    goal = _class_index(s["patch_target"], classes, "patch_target")
+    if source == goal:
+        raise FrelonError(f"patch_source and patch_target are both {classes[goal]!r}: give two classes")
+    states = {name: _peek(path) for name, path in models.items()}
+    diverged = {name: bool(state.get("diverged")) for name, state in states.items()}
+    for name, path in models.items():
+        if not diverged[name]:
+            _check_model(path, states[name], test, data_dir)
+    if s["patch_model"] is not None and s["patch_model"] not in models:
+        raise FrelonError(f"patch_model {s['patch_model']!r} is not among the models {list(models)}")
+    patch_model = s["patch_model"] or next((n for n in models if not diverged[n]), next(iter(models)))
+    example_model = patch_model if not diverged[patch_model] else next((n for n in models if not diverged[n]), None)
+    eps_255 = _eps_list(s["eps"])
+
+    attack_rows, patch_rows, example = [], [], None
+    for name, path in models.items():
+        if diverged[name]:
+            print(f"adversarial: {name} diverged in training ({path}); its rows are left empty", flush=True)
+            attack_rows += [{"model": name, "attack": a, "eps_255": e, "accuracy": None, "n": None}
+                            for a in ATTACKS for e in eps_255]
+            continue
+        model, pre, names = load_classifier(path)
+        started = time.perf_counter()
+        model.requires_grad_(False)  # only gradients with respect to the pixels are needed
+        net = PixelModel(model, pre["mean"], pre["std"]).to(target).eval()
+        rows, per_image = _sweep(net, images, labels, eps_255, s["pgd_steps"], s["pgd_step_size"], s["seed"],
+                                 s["batch_size"], target)
+        attack_rows += [{"model": name, **{k: r[k] for k in ("attack", "eps_255", "accuracy", "n")}} for r in rows]
+        print(f"adversarial: {name} ({time.perf_counter() - started:.1f} s): "
+              + ", ".join(f"{r['attack']} {r['eps_255']:g}/255 {r['accuracy']:.3f}" for r in rows), flush=True)
+        if name == example_model:
+            example = _example(net, images, labels, per_image, eps_255, names, s, target, out_dir / "example.png")
+            example["model"] = name
+        if name == patch_model:
+            started = time.perf_counter()
+            rows, patches = patch_study(model, pre["mean"], pre["std"], _of_class(train, source),
+                                        _of_class(test, source, s["max_images"]),
+                                        goal, s["patch_areas"], s["patch_steps"], s["patch_lr"], s["patch_batch"],
+                                        s["seed"], s["batch_size"], target)
+            patch_rows = [{"model": name, **r} for r in rows]
+            print(f"adversarial: patch on {name} ({time.perf_counter() - started:.1f} s): " + ", ".join(
+                f"{r['area']:.0%} {r['success'] if r['success'] is None else round(r['success'], 3)}"
+                f" (noise {r['noise_success'] if r['noise_success'] is None else round(r['noise_success'], 3)})"
+                for r in rows), flush=True)
+            _patch_figure(net, name, patches, images, labels, source, goal, names, rows, s["seed"],
+                          out_dir / "patch.png")
+    if not patch_rows:  # the patch model diverged
+        patch_rows = [{"model": patch_model, "area": a, "side_px": patch_side(a, *images.shape[-2:]),
+                       "success": None, "noise_success": None, "n": None} for a in s["patch_areas"]]
+        _placeholder(out_dir / "patch.png", f"{patch_model} diverged in training: no patch")
+    if example is None:
+        _placeholder(out_dir / "example.png", "every model diverged in training: no example")
+
+    attacks = pd.DataFrame(attack_rows, columns=["model", "attack", "eps_255", "accuracy", "n"]).astype({"n": "Int64"})
+    patch = pd.DataFrame(patch_rows, columns=["model", "area", "side_px", "success", "noise_success", "n"])
+    write_table(attacks, out_dir / "attacks.csv", out_dir / "attacks.md")
+    write_table(patch.astype({"n": "Int64"}), out_dir / "patch.csv", out_dir / "patch.md")
+    seconds = time.perf_counter() - began
+    print(f"adversarial study: {len(models)} model(s), {len(labels)} test images, {seconds:.1f} s", flush=True)
+    return {"attacks": attack_rows, "patch": patch_rows, "example": example, "patch_model": patch_model,
+            "seconds": seconds}
+
+
+def _example(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, per_image: dict, eps_255: list[float],
+             classes: list[str], s: dict, device: torch.device, out: Path) -> dict:
+    """example.png for the given test image, or the first one classified correctly that PGD at the
+    largest eps fooled (else the first classified correctly, else the first)."""
+    top = max(eps_255)
+    if s["example_index"] is not None:
+        index = s["example_index"]
+    else:
+        flipped = per_image["correct"] & per_image["fooled"]["pgd", top]
+        candidates = flipped if flipped.any() else per_image["correct"]
+        index = int(candidates.int().argmax()) if candidates.any() else 0
+    clean = to_pixels(images[index: index + 1]).to(device)
+    generator = torch.Generator().manual_seed(sample_seed(s["seed"], index))
+    adversarial = pgd(net, clean, labels[index: index + 1].to(device), top / 255, s["pgd_steps"], s["pgd_step_size"],
+                      generator=generator)
+    plot_example(net, clean[0], adversarial[0], classes, top, out)
+    return {"index": index, "eps_255": top}
+
+
+def _patch_figure(net: nn.Module, model_name: str, patches: dict, images: torch.Tensor, labels: torch.Tensor,
+                  source: int, target: int, classes: list[str], rows: list[dict], seed: int, out: Path) -> None:
+    """patch.png on the first test image of the source class (else the first), at seeded positions."""
+    of_source = (labels == source).nonzero()
+    example = to_pixels(images[int(of_source[0]) if len(of_source) else 0]).to(next(net.buffers()).device)
+    generator = torch.Generator().manual_seed(sample_seed(seed, 1))
+    positions = {}
+    for area, patch in patches.items():
+        tops, lefts = random_positions(1, patch.shape[-1], *example.shape[-2:], generator)
+        positions[area] = (int(tops[0]), int(lefts[0]))
+    plot_patch(net, patches, example, positions, classes, rows, out, target=classes[target],
+               title=f"adversarial patch on {model_name}: {classes[source]} -> {classes[target]} "
+                     f"({rows[0]['n']} test images of {classes[source]}, each patch at a random place)")

@@ -1,0 +1,208 @@
+"""The adversarial study: FGSM against its closed form, PGD inside its ball, the patch inside the image,
+and the study's files from trained-classifier checkpoints."""
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from frelon.errors import FrelonError
+from frelon.models.resnet import ResNet
+from frelon.studies.adversarial import (PixelModel, accuracy_under_attack, fgsm, paste, patch_side, pgd,
+                                        random_positions, run_study, train_patch)
+from frelon.tasks.classify import load_classifier
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+PRE = {"resize": 16, "crop": 16, "mean": MEAN, "std": STD}
+MODEL = {"arch": "resnet18", "weights": None, "norm": "batch", "residual": True, "zero_init_residual": False,
+         "head_only": False, "num_classes": 2, "weights_path": None}
+CLASSES = ["absence", "presence"]
+
+
+def small_net(seed: int = 0, classes: int = 2) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(32, classes)).eval()
+
+
+def test_fgsm_on_a_linear_model_is_its_closed_form_clipped_to_the_image():
+    torch.manual_seed(0)
+    n, shape = 6, (3, 4, 4)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(48, 3)).double()
+    net = PixelModel(linear, MEAN, STD).double()
+    x = torch.rand(n, *shape, dtype=torch.float64)
+    x[:, :, 0] = 0.0   # pixels at the edges of [0, 1]: the step must be clipped there
+    x[:, :, 1] = 1.0
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    eps = 0.1
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1) for v in (MEAN, STD))
+    W, b = linear[1].weight.detach(), linear[1].bias.detach()
+    p = torch.softmax(((x - mean) / std).flatten(1) @ W.T + b, 1)
+    for targeted, labels in ((False, y), (True, (y + 1) % 3)):
+        # d CE / d x = (W^T (softmax - onehot)) / std: the sign of the normalised-space gradient
+        grad = ((p - nn.functional.one_hot(labels, 3)) @ W).view(n, *shape) / std
+        direction = -grad.sign() if targeted else grad.sign()
+        expected = (x + eps * direction).clamp(0, 1)
+        assert torch.equal(fgsm(net, x, labels, eps, targeted=targeted), expected)
+    assert torch.equal(fgsm(net, x, y, 0.0), x)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1 / 255, 8 / 255, 0.3])
+def test_every_pgd_iterate_stays_in_the_eps_ball_and_in_the_image(eps):
+    net = PixelModel(small_net(), MEAN, STD)
+    x = torch.rand(5, 3, 12, 12)
+    x[0] = 0.0
+    x[1] = 1.0
+    y = torch.tensor([0, 1, 0, 1, 1])
+    seen = []
+
+    def check(step, iterate):
+        seen.append(step)
+        assert ((iterate <= x + eps) & (iterate >= x - eps)).all()
+        assert ((iterate >= 0) & (iterate <= 1)).all()
+        if eps == 0:
+            assert torch.equal(iterate, x)
+
+    for targeted in (False, True):
+        seen.clear()
+        out = pgd(net, x, y, eps, steps=4, targeted=targeted, generator=torch.Generator().manual_seed(1),
+                  callback=check)
+        assert seen == [0, 1, 2, 3, 4]
+        again = pgd(net, x, y, eps, steps=4, targeted=targeted, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(out, again)   # seeded: the same on every run
+
+
+def test_pgd_raises_the_loss_and_a_targeted_step_lowers_the_target_loss():
+    net = PixelModel(small_net(1), MEAN, STD)
+    x, y = torch.rand(8, 3, 12, 12), torch.randint(0, 2, (8,))
+    ce = lambda z, labels: nn.functional.cross_entropy(net(z), labels).item()
+    assert ce(pgd(net, x, y, 8 / 255, steps=5), y) > ce(x, y)
+    assert ce(pgd(net, x, 1 - y, 8 / 255, steps=5, targeted=True), 1 - y) < ce(x, 1 - y)
+
+
+def test_eps_zero_is_the_clean_accuracy_and_no_attack_beats_it():
+    model = small_net(2)
+    images = torch.randint(0, 256, (20, 3, 12, 12), dtype=torch.uint8)
+    labels = torch.randint(0, 2, (20,))
+    with torch.no_grad():
+        clean = int((PixelModel(model, MEAN, STD)(images.float() / 255).argmax(1) == labels).sum()) / 20
+    rows = accuracy_under_attack(model, MEAN, STD, images, labels, eps_255=[0, 2, 8], steps=3, batch_size=7)
+    assert [(r["attack"], r["eps_255"]) for r in rows] == [(a, e) for a in ("fgsm", "pgd") for e in (0, 2, 8)]
+    assert all(r["n"] == 20 and r["eps"] == r["eps_255"] / 255 for r in rows)
+    assert [r["accuracy"] for r in rows if r["eps_255"] == 0] == [clean, clean]
+    assert all(r["accuracy"] <= clean for r in rows)
+    # float pixels give the same rows as uint8, and a second run the same numbers
+    again = accuracy_under_attack(model, MEAN, STD, images.float() / 255, labels, [0, 2, 8], steps=3, batch_size=7)
+    assert again == rows
+    with pytest.raises(FrelonError, match="give pixels in \\[0, 1\\]"):
+        accuracy_under_attack(model, MEAN, STD, images.float(), labels)
+
+
+def test_the_patch_stays_inside_the_image_and_changes_only_its_own_pixels():
+    images = torch.rand(4, 3, 10, 12)
+    patch = torch.full((3, 3, 3), 2.0)   # a value no image pixel has
+    tops, lefts = torch.tensor([0, 7, 3, 0]), torch.tensor([0, 9, 4, 9])
+    out = paste(images, patch, tops, lefts)
+    for i, (t, l) in enumerate(zip(tops.tolist(), lefts.tolist())):
+        inside = torch.zeros(10, 12, dtype=torch.bool)
+        inside[t:t + 3, l:l + 3] = True
+        assert (out[i][:, inside] == 2.0).all()
+        assert torch.equal(out[i][:, ~inside], images[i][:, ~inside])
+    assert torch.equal(paste(images, patch, 7, 9)[:, :, 7:, 9:], patch.expand(4, 3, 3, 3))
+    assert not (images == 2.0).any()   # the input batch is left alone
+    for top, left in ((8, 0), (0, 10), (-1, 0)):
+        with pytest.raises(FrelonError, match="leaves the 10x12 image"):
+            paste(images, patch, top, left)
+    g = torch.Generator().manual_seed(0)
+    t, l = random_positions(2000, 3, 10, 12, g)
+    assert (t.min(), t.max(), l.min(), l.max()) == (0, 7, 0, 9)   # every position that fits, none outside
+    assert [patch_side(a, 64, 64) for a in (0.01, 0.02, 0.05, 0.10)] == [6, 9, 14, 20]
+    assert patch_side(1e-6, 64, 64) == 1
+    with pytest.raises(FrelonError, match="fraction of the image"):
+        patch_side(0, 64, 64)
+
+
+def test_a_trained_patch_is_an_image_and_is_seeded():
+    net = PixelModel(small_net(3), MEAN, STD)
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    a = train_patch(net, images, 1, 4, steps=3, batch=4, generator=torch.Generator().manual_seed(5))
+    b = train_patch(net, images, 1, 4, steps=3, batch=4, generator=torch.Generator().manual_seed(5))
+    assert a.shape == (3, 4, 4) and torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+
+
+def _checkpoint(path, seed, diverged=None):
+    torch.manual_seed(seed)
+    model = ResNet("resnet18", 2, "batch", True, False).eval()
+    torch.save({"model": model.state_dict(), "spec": {"task": "classification", "model": MODEL},
+                "classes": [{"id": 0, "name": "absence"}, {"id": 1, "name": "presence"}],
+                "preprocessing": PRE, "diverged": diverged}, path)
+    return str(path)
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 10), ("test", 8)):
+        labels = torch.arange(n) % 2
+        torch.save({"images": torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8),
+                    "labels": labels, "paths": [f"{CLASSES[i]}/{k}.jpg" for k, i in enumerate(labels.tolist())],
+                    "classes": CLASSES, "resize": 16, "crop": 16}, folder / f"{split}.pt")
+    return folder
+
+
+@pytest.mark.slow
+def test_the_study_writes_its_tables_and_figures_and_leaves_a_diverged_run_empty(tmp_path, prepared):
+    # the first run diverged: the patch and the example go to the first one that did not
+    models = {"diverged": _checkpoint(tmp_path / "c.pt", 2, diverged={"step": 3}),
+              "pretrained": _checkpoint(tmp_path / "a.pt", 0)}
+    out = tmp_path / "adversarial"
+    settings = {"eps": [0, 2, 8], "pgd_steps": 2, "patch_areas": [0.05, 0.1], "patch_steps": 2, "patch_batch": 4,
+                "max_images": 6}
+    result = run_study(models, str(prepared), str(out), settings)
+    attacks = pd.read_csv(out / "attacks.csv")
+    assert list(attacks.columns) == ["model", "attack", "eps_255", "accuracy", "n"]
+    assert len(attacks) == 2 * 2 * 3 and list(attacks.model.unique()) == ["diverged", "pretrained"]
+    assert attacks[attacks.model == "diverged"][["accuracy", "n"]].isna().all().all()
+    scored = attacks[attacks.model != "diverged"]
+    assert (scored.n == 6).all() and scored.accuracy.between(0, 1).all()
+    test = torch.load(prepared / "test.pt", weights_only=True)
+    model, _, _ = load_classifier(models["pretrained"])
+    with torch.no_grad():
+        clean = int((PixelModel(model, MEAN, STD)(test["images"][:6].float() / 255).argmax(1)
+                     == test["labels"][:6]).sum()) / 6
+    assert (scored[scored.eps_255 == 0].accuracy == clean).all() and (scored.accuracy <= clean).all()
+    patch = pd.read_csv(out / "patch.csv")
+    assert list(patch.columns) == ["model", "area", "side_px", "success", "noise_success", "n"]
+    assert list(patch.side_px) == [4, 5] and (patch.model == "pretrained").all() and (patch.n == 3).all()
+    assert patch[["success", "noise_success"]].apply(lambda c: c.between(0, 1)).all().all()
+    for name in ("attacks.md", "patch.md"):
+        assert (out / name).read_text().startswith("| model")
+    for name in ("example.png", "patch.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG"
+    assert result["patch_model"] == "pretrained" and result["example"]["model"] == "pretrained"
+    assert not list(out.glob(".*.tmp"))   # atomic writes leave no temporary file behind
+
+    # the patch on a diverged model: empty rows and a figure that says why
+    run_study(models, str(prepared), str(out), {**settings, "eps": [0], "patch_model": "diverged"})
+    assert pd.read_csv(out / "patch.csv")[["success", "noise_success", "n"]].isna().all().all()
+
+
+def test_the_study_refuses_a_model_of_another_preprocessing_or_a_wrong_setting(tmp_path, prepared):
+    model = {"a": _checkpoint(tmp_path / "a.pt", 0)}
+    with pytest.raises(FrelonError, match="is missing: train the run first"):
+        run_study({**model, "b": str(tmp_path / "none.pt")}, str(prepared), str(tmp_path / "out"), {})
+    blob = torch.load(prepared / "test.pt", weights_only=True)
+    torch.save({**blob, "resize": 20}, prepared / "test.pt")
+    with pytest.raises(FrelonError, match="was prepared with .* but .* expects"):
+        run_study(model, str(prepared), str(tmp_path / "out"), {"patch_steps": 1})
+    with pytest.raises(FrelonError, match="unknown adversarial setting"):
+        run_study(model, str(prepared), str(tmp_path / "out"), {"pgd_step": 3})
+    with pytest.raises(FrelonError, match="patch_target 'wasp' is not a class"):
+        run_study(model, str(prepared), str(tmp_path / "out"), {"patch_target": "wasp"})
+    with pytest.raises(FrelonError, match="fraction of the image"):
+        run_study(model, str(prepared), str(tmp_path / "out"), {"patch_areas": [0.05, 2]})
+    assert not (tmp_path / "out").exists()   # refused before any work, nothing half-written

@@ -136,6 +136,7 @@ def assert_same_model(a, b):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow  # three real trainings in subprocesses: about 45 s
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(how, data, tmp_path, uninterrupted):
     make_spec(data, tmp_path, **TRAIN)

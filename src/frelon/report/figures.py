@@ -11,7 +11,8 @@ import pandas as pd
 from frelon.atomic import atomic_path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display on a cluster node)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,11 +21,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out: str | os.PathLike) -> None:
+def save_png(fig, out: str | os.PathLike, tight: bool = True) -> None:
+    """Write the figure to `out` atomically (never a half-written PNG) and close it."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight" if tight else None)
+    pyplot().close(fig)
 
 
 def _histories(runs: list[str | os.PathLike], name: str) -> list[pd.DataFrame]:
@@ -49,7 +51,7 @@ def _curve(ax, frames: list[pd.DataFrame], x: str, y: str, label: str, color) ->
 def study_curves(study: str, runs: dict[str, list[str | os.PathLike]], out: str | os.PathLike) -> None:
     """Per experiment: training loss and validation score per epoch (mean over seeds, band: their range)
     and the learning rate of every optimizer step as the run used it (the first seed's)."""
-    plt = _pyplot()
+    plt = pyplot()
     histories = {e: _histories(r, "history.csv") for e, r in runs.items()}
     iterations = {e: _histories(r[:1], "iterations.csv") for e, r in runs.items()}
     val = next((c for c in ("val_accuracy", "val_AP", "val_AP50") for hs in histories.values() for h in hs
@@ -73,7 +75,7 @@ def study_curves(study: str, runs: dict[str, list[str | os.PathLike]], out: str 
     fig.legend(handles, labels, loc="upper center", ncol=min(6, max(1, len(labels))), fontsize=8,
                bbox_to_anchor=(0.5, 1.02 + 0.045 * (len(labels) // 6)), frameon=False)
     fig.suptitle(f"{study}: training curves", y=1.1 + 0.045 * (len(labels) // 6))
-    _save(fig, out)
+    save_png(fig, out)
 
 
 def scaling_plot(table: pd.DataFrame, study: str, out: str | os.PathLike) -> bool:
@@ -81,7 +83,7 @@ def scaling_plot(table: pd.DataFrame, study: str, out: str | os.PathLike) -> boo
     when the table has no speed-up (no one-process run of the same work)."""
     if "speedup" not in table or table.speedup.isna().all():
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
     sizes = sorted(table.world_size.unique())
     left.plot(sizes, sizes, color="grey", ls="--", lw=1, label="ideal (linear)")
@@ -100,5 +102,5 @@ def scaling_plot(table: pd.DataFrame, study: str, out: str | os.PathLike) -> boo
         ax.grid(alpha=0.3)
     left.legend(fontsize=7)
     fig.suptitle(f"{study}: data-parallel scaling")
-    _save(fig, out)
+    save_png(fig, out)
     return True

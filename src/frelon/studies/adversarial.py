@@ -28,6 +28,7 @@ from torch import nn
 
 from frelon.data.dataset import sample_seed
 from frelon.errors import FrelonError
+from frelon.report.figures import pyplot, save_png
 
 ATTACKS = ("fgsm", "pgd")
 DEFAULTS = {
@@ -318,23 +319,6 @@ def patch_study(model: nn.Module, mean: Sequence[float], std: Sequence[float], t
 
 # --- figures -------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: str | os.PathLike) -> None:
-    from frelon.atomic import atomic_path
-
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    _pyplot().close(fig)
-
-
 def _show(ax, pixels: torch.Tensor, title: str) -> None:
     ax.imshow(pixels.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_title(title, fontsize=9)
@@ -352,7 +336,7 @@ def plot_example(model: nn.Module, clean: torch.Tensor, adversarial: torch.Tenso
                  eps_255: float, out: str | os.PathLike, label: str = "PGD") -> None:
     """The panda -> gibbon picture of Goodfellow et al.: clean image, perturbation amplified to fill
     [0, 1] around grey 0.5, perturbed image, each with the class `model` (pixels in) gives it."""
-    plt = _pyplot()
+    plt = pyplot()
     delta = (adversarial - clean).detach()
     scale = float(delta.abs().max())
     shown = 0.5 + 0.5 * delta / scale if scale > 0 else torch.full_like(delta, 0.5)
@@ -362,7 +346,7 @@ def plot_example(model: nn.Module, clean: torch.Tensor, adversarial: torch.Tenso
           if scale > 0 else "no perturbation (eps 0)")
     _show(axes[2], adversarial, f"perturbed: {_verdict(model, adversarial, classes)}")
     fig.tight_layout()
-    _save(fig, out)
+    save_png(fig, out, tight=False)
 
 
 def plot_patch(model: nn.Module, patches: dict[float, torch.Tensor], example: torch.Tensor,
@@ -370,7 +354,7 @@ def plot_patch(model: nn.Module, patches: dict[float, torch.Tensor], example: to
                out: str | os.PathLike, target: str = "target", title: str = "") -> None:
     """Each patch, the example image with it pasted (and the class `model`, pixels in, gives it), and
     the success rate against the patch area, beside the base rate of a noise patch."""
-    plt = _pyplot()
+    plt = pyplot()
     areas = list(patches)
     fig = plt.figure(figsize=(2.3 * max(len(areas), 2), 7.6))
     grid = fig.add_gridspec(3, max(len(areas), 1), height_ratios=[1, 1, 1.3])
@@ -391,15 +375,15 @@ def plot_patch(model: nn.Module, patches: dict[float, torch.Tensor], example: to
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, out)
+    save_png(fig, out, tight=False)
 
 
 def _placeholder(out: str | os.PathLike, message: str) -> None:
     """A figure that says why there is nothing to show, so the workflow's output still exists."""
-    fig, ax = _pyplot().subplots(figsize=(5, 2))
+    fig, ax = pyplot().subplots(figsize=(5, 2))
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     ax.axis("off")
-    _save(fig, out)
+    save_png(fig, out, tight=False)
 
 
 # --- the study -----------------------------------------------------------------------------------

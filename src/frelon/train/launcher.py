@@ -306,6 +306,23 @@ def gpu_slots(n: int, candidates: list[str], lock_dir: str | os.PathLike,
 _HELD_BY_THIS_RANK: list[int] = []  # rank-lock descriptors, open until the process exits
 
 
+@contextlib.contextmanager
+def study_gpu(device: str) -> Iterator[bool]:
+    """One GPU for a study that runs in its job's own process (checkpointing, adversarial), not through
+    `launch`: on a workstation taken with a lock as training runs take theirs, so that no other job is
+    handed it while the study measures; under SLURM the allocation is the job's own. Yields whether a
+    GPU is held (then the current CUDA device)."""
+    gpus = [] if "SLURM_JOB_ID" in os.environ else visible_gpus(device)
+    lock_dir = os.environ.get(LOCK_DIR_VAR, DEFAULT_LOCK_DIR)
+    with gpu_slots(1, gpus, lock_dir) if gpus else contextlib.nullcontext(Claim([])) as claim:
+        import torch
+
+        held = bool(claim.gpus) and torch.cuda.is_available()
+        if held:
+            torch.cuda.set_device(gpus.index(claim.gpus[0]))
+        yield held
+
+
 def hold_gpu(local_rank: int, poll_s: float = 0.2) -> None:
     """For a rank, before it touches CUDA: take its GPU's rank lock (waiting while a straggler
     holds it) and keep it until the process exits; fails if its launch's lease has expired (the

@@ -104,3 +104,20 @@ def demo_run(tmp_path_factory) -> Path:
     work = copy_workflow(tmp_path_factory.mktemp("demo"))
     run(["snakemake", "--cores", "2", "--configfile", "config/demo.yaml"], cwd=work)
     return work
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_servers(tmp_path_factory):
+    """The tests' CPU runs share warm servers (frelon.train.warm) in a folder of their own, stopped at the end."""
+    from frelon.train import warm
+
+    folder = tmp_path_factory.mktemp("warm")
+    folder.chmod(0o700)
+    previous = os.environ.get(warm.DIR_VAR)
+    os.environ[warm.DIR_VAR] = str(folder)
+    yield folder
+    warm.stop(folder)
+    if previous is None:
+        os.environ.pop(warm.DIR_VAR, None)
+    else:
+        os.environ[warm.DIR_VAR] = previous

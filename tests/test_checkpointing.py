@@ -281,3 +281,14 @@ def test_on_a_gpu_peak_memory_falls_from_none_to_all_and_the_study_reports_it(tm
     none, sqrt = study.run_study(settings, "cuda", tmp_path / "c.csv", tmp_path / "c.md", tmp_path / "c.png")
     assert 0 < sqrt["peak_memory_mb"] < none["peak_memory_mb"] and sqrt["max_batch"] > none["max_batch"] > 8
     assert none["device"] == torch.cuda.get_device_name(cuda)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "centernet-resnet18"])
+@pytest.mark.parametrize("policy", ["none", ["layer2", "layer4"], "all"])
+def test_counting_on_the_meta_device_gives_the_bytes_of_a_real_forward_pass(name, policy):
+    """The CPU search for the largest batch counts on `meta` (shapes only): the same bytes as on real tensors."""
+    real = study.build(name, policy, torch.device("cpu"))
+    x, y = study._batch(6, 64, torch.device("cpu"))
+    weights = sum(p.numel() * p.element_size() for p in real.parameters())
+    counted = study.training_memory_bytes(name, policy, 6, 64, torch.device("cpu"))
+    assert counted == 3 * weights + study.saved_activation_bytes(real, x, y) > 3 * weights

@@ -100,8 +100,10 @@ TRAIN = dict(epochs=3, world_size=2, batch_size=4, checkpoint_every=2, log_every
 
 
 def train(spec_dir, **kwargs):
+    """A cold start (FRELON_WARM=0): the launcher's process tree is the run's, all of it killed at power loss
+    (tests/test_warm.py kills a warm run's launcher)."""
     return subprocess.Popen([sys.executable, "-m", "frelon.cli", "train", str(spec_dir / "spec.json"),
-                             "--threads", "2"], env=tool_env(), start_new_session=True,
+                             "--threads", "2"], env={**tool_env(), "FRELON_WARM": "0"}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 

@@ -234,6 +234,7 @@ def records(tmp_path):
 
 def test_one_process_starts_the_worker_directly_and_n_processes_go_through_torchrun(workstation, monkeypatch):
     monkeypatch.delenv("FRELON_FAKE_GPUS")
+    monkeypatch.setenv("FRELON_WARM", "0")  # the cold start's commands (tests/test_warm.py: the warm one)
     launcher.launch(["train", "spec.json"], 1, "cpu", threads=2)
     launcher.launch(["train", "spec.json"], 2, "cpu", threads=2)
     (single, single_env, fds, _), (multi, multi_env, _, _) = workstation

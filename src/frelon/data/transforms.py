@@ -69,9 +69,13 @@ def detection_transform(letterbox: Letterbox, train: bool, options: dict | None 
         # `scale` is the side of the crop taken, as a fraction of the image's (CenterNet's s): a crop of
         # 0.6 fills the input, so the picture is zoomed by 1 / 0.6; RandomAffine's scale is that zoom
         zoom = (1 / o["scale"][1], 1 / o["scale"][0])
-        steps += [v2.RandomAffine(degrees=0, translate=(o["translate"], o["translate"]), scale=zoom),
-                  v2.RandomHorizontalFlip(o["flip"]),
-                  v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"])]
+        # a step set to do nothing is left out: an identity affine still resamples every image
+        if o["translate"] or zoom != (1, 1):
+            steps.append(v2.RandomAffine(degrees=0, translate=(o["translate"], o["translate"]), scale=zoom))
+        if o["flip"]:
+            steps.append(v2.RandomHorizontalFlip(o["flip"]))
+        if any(o[k] for k in ("brightness", "contrast", "saturation", "hue")):
+            steps.append(v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"]))
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1), v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose(steps)
 

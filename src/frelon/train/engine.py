@@ -7,6 +7,7 @@ else happens here, top to bottom, the same way for every experiment of the proje
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import shutil
@@ -142,8 +143,37 @@ def _broadcast_buffers(model: nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+@contextlib.contextmanager
+def _run_lock(out: Path, world: World):
+    """Rank 0 holds `<run>/.train.lock` while it trains: a rerun started while the ranks of a killed launch
+    still save their state (a warm run's ranks outlive their launcher by a step) waits for them, then
+    resumes from what they saved, instead of training beside them."""
+    fd = None
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / ".train.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{out}: another process is still training this run; waiting until it has saved and exited",
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        if world.world_size > 1:
+            all_reduce_sum(torch.zeros(1, device=world.device))  # the other ranks wait for rank 0's lock
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def fit(task: Task, spec: dict, world: World) -> list[dict]:
     """Train the spec's model to the end, resuming from saved state if any; returns the per-epoch rows."""
+    with _run_lock(Path(spec["output"]), world):
+        return _fit(task, spec, world)
+
+
+def _fit(task: Task, spec: dict, world: World) -> list[dict]:
     cfg = spec["train"]
     out, state_path = Path(spec["output"]), state_dir(spec) / "last.pt"
     torch.manual_seed(spec["seed"])

@@ -1,0 +1,432 @@
+"""Warm starts for CPU runs: one idle process keeps Python, torch and frelon imported, and forks each run.
+
+A CPU run's own work can be seconds, while starting it costs more: the interpreter, `import torch`
+(2.5 s here), `torch._dynamo` (imported by the first optimizer or checkpointed block, 2 s), pandas
+and TensorBoard (1 s), then torchrun and its ranks doing it all again. The demo starts sixty such runs.
+So the launcher hands a CPU run to a *warm server*: a process started on first use that has imported
+all of that once and forks a *supervisor* per run, which forks the run's ranks (the same worker
+`python -m frelon.train.worker` runs, with torchrun's environment: RANK, WORLD_SIZE, MASTER_PORT...).
+A fork takes milliseconds and shares the imported pages.
+
+What stays as it was:
+- The run's output goes where the launcher's goes: the client passes its stdin, stdout and stderr
+  descriptors over the socket (SCM_RIGHTS); cwd, environment and the per-rank thread count are the
+  client's (`torch.set_num_threads`, since OpenMP read OMP_NUM_THREADS once, at the server's import).
+- Signals: SIGTERM/SIGINT/SIGUSR1 sent to the launcher reach the ranks (save, exit 75, resume on
+  rerun). If the launcher dies, even of SIGKILL, the supervisor sees its socket close and sends the
+  ranks SIGTERM; if the supervisor dies, the ranks get SIGTERM from the kernel (PR_SET_PDEATHSIG).
+- A failed rank stops the others (SIGTERM, then SIGKILL after 30 s), as torchrun does; the exit
+  code is 0, 75 when every rank stopped on request, else the first failure's.
+- Numbers: the same code on the same threads; a test checks the weights are bit-identical to a cold start.
+
+Never used on a GPU (forking after CUDA is unsafe, and a GPU run's start-up is noise there), under
+SLURM, or with FRELON_WARM=0. If the server cannot be reached or started, the launcher starts the
+run the cold way and says why on stderr.
+
+One server per user, interpreter and code version: its socket is named after a hash of the Python
+executable, frelon's source files (path, size, mtime: an edited file starts a new server), torch's
+and torchvision's install and PYTHONPATH, in `$FRELON_WARM_DIR` (default /tmp/frelon-warm-<uid>,
+mode 0700). It only serves its own user (SO_PEERCRED), and exits after FRELON_WARM_IDLE seconds
+(default 120) without a request. `python -m frelon.train.warm --stop` stops the servers of the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+DIR_VAR = "FRELON_WARM_DIR"
+SWITCH_VAR = "FRELON_WARM"  # 0 / off / no / false: always start cold
+IDLE_VAR = "FRELON_WARM_IDLE"
+DEFAULT_IDLE_S = 120.0
+START_TIMEOUT_S = 180.0  # the first server imports everything: slow on a loaded machine
+STOP_GRACE_S = 30.0
+RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+DEFAULT_WORKER = "frelon.train.worker"
+
+
+def enabled(env: dict[str, str]) -> bool:
+    return env.get(SWITCH_VAR, "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def _folder(env: dict[str, str]) -> Path | None:
+    """The user's private folder of sockets, or None when it is not ours alone (then: start cold)."""
+    path = Path(env.get(DIR_VAR) or Path(tempfile.gettempdir()) / f"frelon-warm-{os.getuid()}")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.lstat()
+    except OSError as exc:
+        print(f"frelon: no warm server: {exc}; starting cold", file=sys.stderr, flush=True)
+        return None
+    if not path.is_dir() or path.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        print(f"frelon: {path} is not a private folder of this user (mode {st.st_mode & 0o7777:o}, owner "
+              f"{st.st_uid}): no warm server there; starting cold (set {DIR_VAR} to a folder of your own)",
+              file=sys.stderr, flush=True)
+        return None
+    return path
+
+
+def _key(env: dict[str, str]) -> str:
+    """What the server's imported code depends on: a change gives another server."""
+    import frelon
+
+    digest = hashlib.sha256()
+    package = Path(frelon.__file__).resolve().parent
+    parts = [sys.executable, sys.version, str(package), env.get("PYTHONPATH", "")]
+    for root, dirs, files in os.walk(package):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(root, name))
+                parts.append(f"{root}/{name}:{st.st_size}:{st.st_mtime_ns}")
+    for module in ("torch", "torchvision"):
+        spec = importlib.util.find_spec(module)
+        if spec and spec.origin:
+            st = os.stat(spec.origin)
+            parts.append(f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}")
+    digest.update("\n".join(parts).encode())
+    return digest.hexdigest()[:20]
+
+
+# --- the client: the launcher's side ---------------------------------------------------------------
+
+def _send(sock: socket.socket, obj: dict, fds: list[int] = ()) -> None:
+    data = json.dumps(obj).encode()
+    payload = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(sock, [payload], list(fds))
+    else:
+        sock.sendall(payload)
+
+
+def _receive_message(sock: socket.socket, with_fds: bool = False) -> tuple[dict | None, list[int]]:
+    """One length-prefixed JSON message (and the descriptors sent with it); None at end of stream."""
+    buffer, fds = b"", []
+    while len(buffer) < 4 or len(buffer) < 4 + struct.unpack("!I", buffer[:4])[0]:
+        if with_fds and not fds:
+            chunk, got, _, _ = socket.recv_fds(sock, 1 << 16, 3)
+            fds.extend(got)
+        else:
+            chunk = sock.recv(1 << 16)
+        if not chunk:
+            for fd in fds:
+                os.close(fd)
+            return None, []
+        buffer += chunk
+    size = struct.unpack("!I", buffer[:4])[0]
+    return json.loads(buffer[4:4 + size]), fds
+
+
+def _connect(path: Path) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _server(folder: Path, key: str, env: dict[str, str]) -> socket.socket | None:
+    """A connection to the running server, which is started if there is none."""
+    path = folder / f"{key}.sock"
+    sock = _connect(path)
+    if sock:
+        return sock
+    import frelon
+
+    log = open(folder / f"{key}.log", "ab")
+    server_env = {k: v for k, v in env.items() if not k.startswith(("OMP_", "MKL_", "OPENBLAS_", "GOTO_", "VECLIB_",
+                                                                     "NUMEXPR_", "CUDA_", "RANK", "LOCAL_RANK",
+                                                                     "WORLD_SIZE", "FRELON_PREEMPTED"))}
+    server_env.pop("PYTHONSTARTUP", None)
+    process = subprocess.Popen([sys.executable, "-m", "frelon.train.warm", "--serve", str(path),
+                                str(Path(frelon.__file__).resolve())],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=server_env, cwd="/",
+                               start_new_session=True, close_fds=True)
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        sock = _connect(path)
+        if sock:
+            return sock
+        if process.poll() not in (None, 0):  # 0: another server won the race; wait for its socket
+            print(f"frelon: the warm server did not start (exit {process.returncode}, see {log.name}); "
+                  f"starting cold", file=sys.stderr, flush=True)
+            return None
+        time.sleep(0.05)
+    print(f"frelon: no warm server after {START_TIMEOUT_S:.0f} s (see {log.name}); starting cold",
+          file=sys.stderr, flush=True)
+    return None
+
+
+def run(module: str, worker_args: list[str], world_size: int, env: dict[str, str], threads: int) -> int | None:
+    """Run `python -m module worker_args` on `world_size` ranks through the warm server; the exit code,
+    or None when no server could take the run (then nothing was started: start it cold)."""
+    folder = _folder(env)
+    if folder is None:
+        return None
+    key = _key(env)
+    request = {"module": module, "args": list(worker_args), "world_size": world_size, "env": env,
+               "cwd": os.getcwd(), "threads": threads}
+    for _ in range(3):  # a server that was just exiting for idleness closes without answering
+        sock = _server(folder, key, env)
+        if sock is None:
+            return None
+        with sock:
+            try:
+                _send(sock, request, [0, 1, 2])
+                started, _ = _receive_message(sock)
+            except OSError:
+                started = None
+            if started is None:
+                continue
+            pid = started["pid"]
+
+            def forward(signum: int, _frame) -> None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+            previous = {sig: signal.signal(sig, forward) for sig in RELAYED}
+            try:
+                done, _ = _receive_message(sock)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            if done is None:
+                print("frelon: the warm run's supervisor ended without an exit status", file=sys.stderr, flush=True)
+                return 1
+            return int(done["exit"])
+    return None
+
+
+def stop(folder: str | os.PathLike | None = None) -> int:
+    """Stop the warm servers whose sockets are in `folder` (default: this user's); their runs go on."""
+    folder = Path(folder) if folder else _folder(dict(os.environ))
+    stopped = 0
+    for pid_file in Path(folder).glob("*.pid") if folder else []:
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            stopped += 1
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+# --- the server -------------------------------------------------------------------------------------
+
+# What runs import (torch._dynamo: the first optimizer or checkpointed block imports it, 2 s), and nothing
+# that starts a thread: forking is only safe from a process with one.
+PRELOAD = ("numpy", "pandas", "tqdm", "torch", "torch._dynamo", "torch.distributed", "torch.nn.parallel",
+           "torch.utils.checkpoint", "torch.utils.tensorboard", "frelon.tasks.classification", "frelon.train.worker")
+PRELOAD_IF_PRESENT = ("frelon.tasks.detection.task",)  # torchvision: detection only
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for name in PRELOAD_IF_PRESENT:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def _serve(path: Path, frelon_file: str) -> int:
+    import frelon
+
+    if str(Path(frelon.__file__).resolve()) != frelon_file:
+        print(f"this interpreter imports {frelon.__file__}, the client {frelon_file}", file=sys.stderr)
+        return 2
+    lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another server of the same key is starting or running
+    started = time.monotonic()
+    _preload()
+    if threading.active_count() != 1:
+        print(f"{threading.active_count()} threads after the imports: not forking from them", file=sys.stderr)
+        return 3
+    path.unlink(missing_ok=True)  # a dead server's: we hold the lock
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(64)
+    pid_file = path.with_suffix(".pid")
+    pid_file.write_text(str(os.getpid()))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"[{time.strftime('%H:%M:%S')}] serving {path} (pid {os.getpid()}, ready in "
+          f"{time.monotonic() - started:.1f} s)", flush=True)
+    idle = float(os.environ.get(IDLE_VAR, DEFAULT_IDLE_S))
+    last = time.monotonic()
+    try:
+        while True:
+            ready, _, _ = select.select([listener], [], [], 1.0)
+            if not ready:
+                if time.monotonic() - last > idle:
+                    return 0
+                continue
+            conn, _ = listener.accept()
+            last = time.monotonic()
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if uid != os.getuid():
+                conn.close()
+                continue
+            if os.fork() == 0:
+                code = 1
+                try:
+                    listener.close()
+                    os.close(lock)
+                    code = _supervise(conn)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            conn.close()
+    finally:
+        if pid_file.exists() and pid_file.read_text() == str(os.getpid()):
+            pid_file.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        listener.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _supervise(conn: socket.socket) -> int:
+    """One run: take the client's descriptors, place, environment; fork the ranks; report their exit."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.setsid()  # a session of its own: not the server's
+    request, fds = _receive_message(conn, with_fds=True)
+    if request is None or len(fds) != 3:
+        return 1
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.path[0] = request["cwd"]  # as `python -m` started there would have it
+    for entry in reversed(request["env"].get("PYTHONPATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(1, entry)
+    world_size = request["world_size"]
+    os.environ.update(WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    ranks: dict[int, int] = {}
+
+    def relay(signum: int, _frame) -> None:
+        for pid in list(ranks):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in RELAYED:
+        signal.signal(sig, relay)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for rank in range(world_size):
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            _rank(rank, request)
+        ranks[pid] = rank
+    _send(conn, {"pid": os.getpid()})
+
+    def watch_client() -> None:  # the launcher is gone (killed): stop the ranks, they save and exit
+        with contextlib.suppress(OSError):
+            while conn.recv(1):
+                pass
+        relay(signal.SIGTERM, None)
+
+    threading.Thread(target=watch_client, daemon=True).start()
+    codes: dict[int, int] = {}
+    kill_at = None
+    while len(codes) < world_size:
+        pid, status = os.waitpid(-1, os.WNOHANG) if kill_at else os.waitpid(-1, 0)
+        if pid == 0:
+            if time.monotonic() > kill_at:
+                for other in set(ranks) - set(codes):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(other, signal.SIGKILL)
+            time.sleep(0.05)
+            continue
+        if pid not in ranks:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        codes[pid] = code if code >= 0 else 128 - code
+        if codes[pid] != 0 and len(codes) < world_size and kill_at is None:
+            relay(signal.SIGTERM, None)  # the others would wait for it in a collective forever
+            kill_at = time.monotonic() + STOP_GRACE_S
+    by_rank = [codes[pid] for pid in sorted(ranks, key=ranks.get)]
+    failures = [c for c in by_rank if c not in (0, 75)]
+    code = failures[0] if failures else (75 if 75 in by_rank else 0)
+    with contextlib.suppress(OSError):
+        _send(conn, {"exit": code})
+    return 0
+
+
+def _rank(rank: int, request: dict) -> None:
+    """A rank: torchrun's variables, the client's thread count, then the worker module as `__main__`."""
+    code = 1
+    try:
+        for sig in RELAYED:
+            signal.signal(sig, signal.SIG_DFL)
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+        import torch
+
+        torch.set_num_threads(max(1, int(request["threads"])))
+        sys.argv = [request["module"], *request["args"]]
+        if request["module"] == DEFAULT_WORKER:
+            from frelon.train import worker
+
+            code = worker.main(request["args"])
+        else:
+            import runpy
+
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+            code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"] and len(argv) == 3:
+        return _serve(Path(argv[1]), argv[2])
+    if argv[:1] == ["--stop"]:
+        print(f"stopped {stop(argv[1] if len(argv) > 1 else None)} warm server(s)")
+        return 0
+    print("usage: python -m frelon.train.warm --stop [FOLDER]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

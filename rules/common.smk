@@ -1,6 +1,7 @@
 # Input functions and names shared by the rules; every computation lives in src/frelon.
 import json
 import re
+import shlex
 import urllib.parse
 
 from frelon import config as frelon_config
@@ -106,7 +107,7 @@ def hash_option(entry):
     """How `frelon fetch` learns the expected digest: in the config (SHA-256 or MD5) or a checksum file."""
     for key in ("sha256", "md5", "sha256_url"):
         if key in entry:
-            return f"--{key.replace('_', '-')} {entry[key]}"
+            return f"--{key.replace('_', '-')} {shlex.quote(entry[key])}"
 
 
 def weights_local_files(wildcards):

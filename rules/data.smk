@@ -74,7 +74,7 @@ if "demo" in config:
         conda:
             "../envs/frelon.yaml"
         shell:
-            "frelon export-weights {input} {output.weights} > {log} 2>&1"
+            "frelon export-weights {input:q} {output.weights:q} > {log} 2>&1"
 
 
 rule fetch_weights:

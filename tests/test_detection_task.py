@@ -174,26 +174,3 @@ def test_a_coco_run_scores_against_the_original_category_ids(tmp_path):
     result = task.evaluate(model, "test", CPU)
     assert "AP50_voc07" not in result and result["n"] == 8
     assert {d["category_id"] for d in result["detections"]} <= {1, 3, 18, 44, 90}
-
-
-@pytest.mark.slow
-def test_a_killed_detection_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared, tmp_path):
-    import psutil
-
-    from test_engine_distributed import assert_same_model, train, wait_for_state
-
-    settings = dict(epochs=3, batch_size=4, checkpoint_every=2, log_every=1)
-    detection_spec(prepared, tmp_path / "whole", **settings)
-    whole = train(tmp_path / "whole")
-    assert whole.wait(timeout=300) == 0, whole.stdout.read()
-    detection_spec(prepared, tmp_path / "killed", **settings)
-    proc = train(tmp_path / "killed")
-    wait_for_state(tmp_path / "killed", 4, proc)
-    for process in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
-        process.kill()
-    proc.wait()
-    resumed = train(tmp_path / "killed")
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0 and "resumed from" in output, output
-    assert_same_model(torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["model"],
-                      torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ RESERVED_TARGETS = ("all", "data", "runs", "report", "metrics", "spec", "train",
                     "study_table", "checkpointing_study", "fetch_weights", "fetch_archive", "extract",
                     "prepare_dataset", "augment", "prepare_voc", "prepare_coco", "demo_hornet", "demo_source",
                     "demo_voc", "demo_coco", "demo_export_weights")
+
+
+# Names that become folder and file names and reach shell commands unquoted (results/runs/<study>/<experiment>,
+# data/prepared/<dataset>, data/archives/<file>): nothing a shell would read as syntax, no hidden or option-like name.
+NAME = re.compile(r"\w[\w.-]*")
+NAME_RULE = "letters, digits, '_', '.' and '-' ('.' and '-' not first)"
 
 
 def _where(path: Any) -> str:
@@ -45,9 +52,31 @@ def validate(config: dict, schema_path: str | os.PathLike) -> dict:
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(e.absolute_path)))
     if errors:
         raise FrelonError(_explain(errors[0]))
+    _check_names(config)
     _check_references(config)
     _check_compile(config)
     return config
+
+
+def _check_names(config: dict) -> None:
+    """Studies, experiments, datasets, weights and downloaded files get names a shell and Snakemake take as
+    they are; class names (folder names, passed quoted) only may not hold the comma that separates them."""
+    named = [(f"datasets.{n}", n) for n in config["datasets"]]
+    named += [(f"weights.{n}", n) for n in config.get("weights", {})]
+    for s, study in config["studies"].items():
+        named += [(f"studies.{s}", s)] + [(f"studies.{s}.experiments.{e}", e) for e in study["experiments"]]
+    named += [(f"{where}.url", archive_name(entry["url"])) for where, entry in archive_entries(config)]
+    for where, name in named:
+        if not NAME.fullmatch(name):
+            raise FrelonError(f"config key {where}: {name!r} may only hold {NAME_RULE}, as it becomes a folder or "
+                              f"file name in shell commands; rename it"
+                              + (" (the file name is the URL's last part: serve the file under a plain name)"
+                                 if where.endswith(".url") else ""))
+    for name, dataset in config["datasets"].items():
+        for cls in dataset["classes"]:
+            if "," in cls:
+                raise FrelonError(f"config key datasets.{name}.classes: {cls!r} holds a comma, which separates class "
+                                  f"names on the command line; rename the class folder")
 
 
 def _check_references(config: dict) -> None:

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from frelon.atomic import atomic_dir, write_json
+from frelon.atomic import atomic_dir, torch_save, write_json
 from frelon.errors import FrelonError
 
 DEFAULTS = {"multiplier": 4, "flip": 0.5, "degrees": 15.0, "translate": 0.1, "scale": [0.9, 1.1],
@@ -127,7 +127,7 @@ def augment_split(prepared: str | os.PathLike, out_dir: str | os.PathLike, optio
             origin.append(i)
     stacked = torch.stack(images)
     with atomic_dir(out_dir) as work:
-        torch.save({**blob, "images": stacked, "labels": torch.stack(labels), "paths": paths,
+        torch_save({**blob, "images": stacked, "labels": torch.stack(labels), "paths": paths,
                     "origin": torch.tensor(origin)}, work / "train.pt")
         for name in ("val.pt", "test.pt", "manifest.csv"):
             shutil.copy2(prepared / name, work / name)

@@ -64,8 +64,21 @@ def training_targets(annotation_file: str | os.PathLike) -> tuple[CategoryIndex,
     objects. Crowd regions (and VOC's difficult objects, stored as crowd) stay out of training
     targets; boxes reaching outside the image are clipped, and boxes without area (from the start,
     or after clipping) are dropped: each of these is counted per image."""
-    coco = json.loads(Path(annotation_file).read_text())
-    if not coco.get("images") or not coco.get("categories"):
+    try:
+        coco = json.loads(Path(annotation_file).read_text())
+    except json.JSONDecodeError as exc:
+        raise FrelonError(f"{annotation_file} is not valid JSON ({exc}): a damaged or truncated annotation file; "
+                          f"extract or convert it again") from None
+    try:
+        return _targets(coco, annotation_file)
+    except KeyError as exc:  # an entry without a field every COCO image or annotation has
+        raise FrelonError(f"{annotation_file}: an image, annotation or category has no {exc.args[0]!r}; not a COCO "
+                          f"instances file, or a damaged one: extract or convert it again") from None
+
+
+def _targets(coco: dict, annotation_file: str | os.PathLike) -> tuple[CategoryIndex, dict[int, dict]]:
+    """`training_targets` of the file's parsed contents."""
+    if not isinstance(coco, dict) or not coco.get("images") or not coco.get("categories"):
         raise FrelonError(f"{annotation_file} lists no images or no categories: an empty or truncated annotation "
                           f"file; extract or convert it again")
     index = CategoryIndex(coco["categories"])

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from frelon.atomic import atomic_dir, write_json
+from frelon.atomic import atomic_dir, torch_save, write_json
 from frelon.data import images as image_checks
 from frelon.errors import FrelonError
 
@@ -137,7 +137,7 @@ def prepare(source: str | os.PathLike, classes: list[str], val: float, test: flo
         for split in SPLITS:
             part = manifest[manifest.split == split]
             images = np.stack([load_square(source / p, image_size, resize) for p in part.path])
-            torch.save({
+            torch_save({
                 "images": torch.from_numpy(images),
                 "labels": torch.tensor(part.label.to_numpy(), dtype=torch.int64),
                 "paths": list(part.path),

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from frelon.atomic import FULL, bytes_in, free_space_hint, size_text
 from frelon.errors import FrelonError
 
 CHUNK = 1 << 20
@@ -93,6 +94,15 @@ def _digests(path: str | os.PathLike) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
+def _no_space(part: Path, url: str, total: int | None, exc: OSError) -> FrelonError:
+    """A full disk (or quota) while downloading to `part`; what arrived stays there for the next run to resume."""
+    have = bytes_in(part)
+    kept = f"{size_text(have)} are in {part} and the next run resumes from there" if have else "nothing was kept"
+    missing = f"{size_text(total - have)} more are needed" if total else "the server did not say how much more"
+    return FrelonError(f"no space left on the disk holding {part.parent} ({exc.strerror}) while downloading {url}: "
+                       f"{kept}; {missing} and {free_space_hint(part.parent, total - have if total else 1)}")
+
+
 def _transfer(url: str, part: Path, progress: bool, label: str) -> None:
     """Append the rest of `url` to `part` (asking for a Range when part has bytes already)."""
     have = part.stat().st_size if part.exists() else 0
@@ -113,19 +123,24 @@ def _transfer(url: str, part: Path, progress: bool, label: str) -> None:
         length = response.headers.get("Content-Length")
         expected = have + int(length) if length else None
         got = have
-        with open(part, mode) as out, tqdm(total=expected, initial=have, unit="B", unit_scale=True,
-                                           desc=label, disable=not progress, leave=False) as bar:
-            while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except http.client.IncompleteRead as exc:
-                    out.write(exc.partial)
-                    raise _Interrupted(f"connection closed after {got + len(exc.partial)} bytes") from exc
-                if not chunk:
-                    break
-                out.write(chunk)
-                got += len(chunk)
-                bar.update(len(chunk))
+        try:
+            with open(part, mode) as out, tqdm(total=expected, initial=have, unit="B", unit_scale=True,
+                                               desc=label, disable=not progress, leave=False) as bar:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except http.client.IncompleteRead as exc:
+                        out.write(exc.partial)
+                        raise _Interrupted(f"connection closed after {got + len(exc.partial)} bytes") from exc
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            raise _no_space(part, url, expected, exc) from exc
         if expected is not None and got < expected:
             raise _Interrupted(f"got {got} of {expected} bytes")
 
@@ -166,7 +181,13 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, sha256_u
     if local is not None:
         if not local.exists():
             raise FrelonError(f"{url}: no such file {local}; create it first or fix the URL")
-        shutil.copyfile(local, part)  # a copy: the source is the user's and may change later
+        try:
+            shutil.copyfile(local, part)  # a copy: the source is the user's and may change later
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            part.unlink(missing_ok=True)
+            raise _no_space(part, url, local.stat().st_size, exc) from exc
     else:
         for attempt in range(retries + 1):
             try:

@@ -39,12 +39,19 @@ def _number(node: ET.Element, tag: str, where: str) -> float:
     child = node.find(tag)
     if child is None or child.text is None:
         raise FrelonError(f"{where}: no <{tag}>; the annotation file is incomplete")
-    return float(child.text)
+    try:
+        return float(child.text)
+    except ValueError:
+        raise FrelonError(f"{where}: <{tag}> is {child.text!r}, not a number; fix the annotation file") from None
 
 
 def read_annotation(path: str | os.PathLike) -> dict:
     """One VOC XML file: image size and objects (name, 1-based box, difficult)."""
-    root = ET.parse(path).getroot()
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise FrelonError(f"{path} is not valid XML ({exc}): a damaged annotation file; extract the archive "
+                          f"again, or fix the file") from None
     size = root.find("size")
     if size is None:
         raise FrelonError(f"{path}: no <size>; the annotation file is incomplete")
@@ -81,8 +88,15 @@ def to_coco(devkit: str | os.PathLike, sets: list[tuple[str, str]]) -> dict:
         if not listing.exists():
             raise FrelonError(f"{listing} not found: is {devkit} a VOCdevkit folder with VOC{year} "
                               f"and its {image_set} set? (the folder the official tar extracts to)")
-        for stem in listing.read_text().split():
-            ann = read_annotation(base / "Annotations" / f"{stem}.xml")
+        stems = listing.read_text().split()
+        if not stems:
+            raise FrelonError(f"{listing} lists no images: an empty or truncated file; extract the archive again")
+        for stem in stems:
+            xml = base / "Annotations" / f"{stem}.xml"
+            if not xml.exists():
+                raise FrelonError(f"{xml} not found, though {listing} lists {stem}: extract the archives completely "
+                                  f"(or remove {stem} from the list)")
+            ann = read_annotation(xml)
             image_id = len(images) + 1
             images.append({"id": image_id, "file_name": f"VOC{year}/JPEGImages/{stem}.jpg",
                            "width": ann["width"], "height": ann["height"]})

@@ -1,21 +1,22 @@
 """CenterNet speed: inference with decoding, and training steps of each decoder.
 
-    python bench/centernet.py --size 128 --steps 3                       # CPU: does it run
-    python bench/centernet.py --device cuda                              # GPU: the numbers
+    python bench/centernet.py --batches 1 --iterations 2 --decoders deconv --steps 0   # CPU (make bench)
+    python bench/centernet.py --device cuda                                            # GPU: the numbers
 
 Inference: images/s of the whole detector (network, 3x3 max-pool peaks, top-100, boxes) at
 `--size` (512), batch 1 and 32, bf16 on GPU, beside the paper's 142 FPS for ResDCN-18 on a
 Titan Xp (7 ms per image at 512, batch 1; Zhou et al. 2019, a reference, not measured here).
 Training: `--steps` Adam steps (focal + L1 + L1 on targets of random boxes) of each decoder,
-images/s and peak memory. Prints one JSON line per measurement.
+images/s and peak memory. Writes bench/out/centernet.json (see common.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 
+import common
 import torch
 
 from frelon.studies.checkpointing import device_name
@@ -105,18 +106,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="inference batch sizes")
     parser.add_argument("--iterations", type=int, default=50, help="timed inference batches")
+    parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     parser.add_argument("--train-batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=200, help="timed training steps per decoder")
+    parser.add_argument("--steps", type=int, default=200, help="timed training steps per decoder (0: none)")
+    common.arguments(parser, "centernet")
     args = parser.parse_args(argv)
+    if not common.cuda_or_skip(args, "centernet", ["CenterNet inference"]):
+        return 0
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    for decoder in DECODERS:
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    rows = [common.row("CenterNet ResDCN-18 512px b1, Titan Xp (Zhou et al. 2019)", PAPER_FPS, "images/s",
+                       status="reference")]
+    measured = []
+    for decoder in args.decoders:
         for batch in args.batches:
-            print(json.dumps(inference(decoder, batch, args.size, args.iterations, device)), flush=True)
-    for decoder in DECODERS:
-        print(json.dumps(training(decoder, args.train_batch, args.size, args.steps, device)), flush=True)
+            result = inference(decoder, batch, args.size, args.iterations, device)
+            measured.append(result)
+            rows.append(common.row(f"CenterNet-R18 {decoder} inference+decode {args.size}px b{batch} {precision}",
+                                   result["images_per_second"], "images/s"))
+    left_out = [what for what, out in (("inference b32", 32 not in args.batches), ("training", not args.steps)) if out]
+    if device.type == "cpu" and left_out:
+        rows.append(common.skipped_row(f"CenterNet {' and '.join(left_out)}",
+                                       "GPU-only, bench/gpu.sh (minutes on a CPU)"))
+    for decoder in args.decoders if args.steps else []:
+        result = training(decoder, args.train_batch, args.size, args.steps, device)
+        measured.append(result)
+        peak = f", peak {result['peak_memory_mb']} MB" if result["peak_memory_mb"] else ""
+        rows.append(common.row(f"CenterNet-R18 {decoder} training {args.size}px b{args.train_batch} {precision}{peak}",
+                               result["images_per_second"], "images/s"))
+    common.write(args, "centernet", rows, args.device, measurements=measured)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

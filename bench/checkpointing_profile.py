@@ -8,7 +8,8 @@ host time to issue one step without waiting for the device, and the device's ker
 without saving and restoring the RNG state (frelon's models draw no random numbers in forward);
 the same without keeping the batch-norm statistics (not exact: for the cost only); every block.
 When the host time exceeds the kernel time, the step is bound by the host and checkpointing's extra
-host work shows up in full in the step time.
+host work shows up in full in the step time. Writes bench/out/checkpointing_profile.json (every
+line; summary rows for `none` and `stages`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import time
 
+import common
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -63,7 +66,7 @@ def measure(model_name: str, policy, batch: int, size: int, device: torch.device
     return row
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default="resnet18", choices=study.MODELS)
@@ -71,7 +74,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--cudnn-benchmark", action="store_true")
+    common.arguments(parser, "checkpointing_profile")
     args = parser.parse_args()
+    if not common.cuda_or_skip(args, "checkpointing_profile"):
+        return 0
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     variants = [("none", "none", {}), ("stages", STAGES, {}),
@@ -79,13 +85,21 @@ def main() -> None:
                 ("stages-no-bn-keeping", STAGES, {"keep_statistics": False}),
                 ("stages-neither", STAGES, {"preserve_rng_state": False, "keep_statistics": False}),
                 ("all", "all", {}), ("all-no-rng-state", "all", {"preserve_rng_state": False})]
+    lines, rows = [], []
     for batch in args.batches:
         for name, policy, options in variants:
             with variant(**options):
                 row = measure(args.model, policy, batch, args.size, device, args.steps)
-            print(json.dumps({"model": args.model, "size": args.size, "batch": batch, "variant": name,
-                              "cudnn_benchmark": args.cudnn_benchmark, **row}), flush=True)
+            lines.append({"model": args.model, "size": args.size, "batch": batch, "variant": name,
+                          "cudnn_benchmark": args.cudnn_benchmark, **row})
+            print(json.dumps(lines[-1]), flush=True)
+            if name in ("none", "stages"):
+                parts = " / ".join(f"{row[k]}" for k in ("step_ms", "host_ms", "kernel_ms") if k in row)
+                rows.append(common.row(f"{name} b{batch}: step / host{' / kernel' if 'kernel_ms' in row else ''}",
+                                       parts, "ms"))
+    common.write(args, "checkpointing_profile", rows, args.device, lines=lines)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,6 +23,7 @@ if "demo" in config:
             directory("data/demo/source"),
         log:
             "logs/demo_source.log",
+        priority: 10  # the pretraining's data: see train_pretrain
         conda:
             "../envs/frelon.yaml"
         params:
@@ -129,6 +130,7 @@ rule prepare_dataset:
         directory("data/prepared/{dataset}"),
     log:
         "logs/prepare/{dataset}.log",
+    priority: 10  # every run waits for its data (and the demo's pretraining for demo_source's)
     conda:
         "../envs/frelon.yaml"
     params:

@@ -48,6 +48,7 @@ use rule train as train_detection with:
         picture="{run}/predictions.png",
     wildcard_constraints:
         run=DETECTION_RUNS,
+    priority: 5  # the longest runs start first, rather than last with one core left idle beside them
 
 
 ruleorder: train_detection > train

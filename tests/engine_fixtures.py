@@ -27,7 +27,7 @@ def make_spec(data_dir: Path, out: Path, **train) -> dict:
     report = json.loads((data_dir / "report.json").read_text())
     spec["data"]["preprocessing"].update(resize=report["resize"], crop=report["image_size"])
     spec["output"] = str(out)
-    spec["train"].update(train)
+    spec["train"].update({"checkpoint_minutes": 0, **train})  # a state at every epoch end, as resume tests expect
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(json.dumps(spec))
     return spec

@@ -70,9 +70,10 @@ def test_the_spec_carries_the_weights_preprocessing_and_the_datasets_resize_and_
     demo["datasets"]["hornet"]["resize"] = 56
     config = validate(demo, SCHEMA)
     pretrained = resolve(config, "results/runs/finetune/pretrained/seed0")["data"]["preprocessing"]
-    assert pretrained == {"resize": 56, "crop": 48, "mean": [0.5] * 3, "std": [0.2] * 3}
+    crop = demo["datasets"]["hornet"]["image_size"]
+    assert pretrained == {"resize": 56, "crop": crop, "mean": [0.5] * 3, "std": [0.2] * 3}
     random = resolve(config, "results/runs/finetune/random/seed0")["data"]["preprocessing"]
-    assert random == {"resize": 56, "crop": 48, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert random == {"resize": 56, "crop": crop, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def test_every_run_of_the_ingredients_study_resolves_with_its_own_model(demo):

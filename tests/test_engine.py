@@ -160,3 +160,12 @@ def test_rank_zero_shows_a_progress_bar(data, tmp_path, capsys):
     spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=8)
     engine.fit(ClassificationTask(spec), spec, CPU)
     assert "epoch 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("minutes, saves", [(0, 2), (60, 0)])
+def test_epoch_end_states_are_saved_at_most_every_checkpoint_minutes(minutes, saves, data, tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr(checkpoints, "save", lambda path, state: written.append(state["epoch"]))
+    spec = make_spec(data, tmp_path, epochs=3, world_size=1, batch_size=8, checkpoint_minutes=minutes)
+    engine.fit(ClassificationTask(spec), spec, CPU)
+    assert written == [1, 2][:saves] and (tmp_path / "model.pt").exists()  # none after the last epoch

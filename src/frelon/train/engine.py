@@ -229,7 +229,10 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
             "timed_images": images, "peak_memory_mb": peak_memory_mb(world.device),
         })
 
+    last_saved = [time.monotonic()]  # the run's start counts as a save: nothing is lost before it
+
     def save_state() -> None:
+        last_saved[0] = time.monotonic()
         ranks = all_gather_objects({"rng": checkpoints.rng_state(), "sums": {k: v.cpu() for k, v in sums.items()}})
         if world.is_main:
             checkpoints.save(state_path, {
@@ -295,7 +298,9 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
             val_every = cfg.get("val_every", 1)
             end_epoch(time.perf_counter() - epoch_start, validate=bool(val_every) and (epoch + 1) % val_every == 0)
             epoch, batch_in_epoch = epoch + 1, 0
-            if epoch < cfg["epochs"]:
+            # at an epoch end, unless one was saved less than checkpoint_minutes ago: a state of a short
+            # run's epoch costs more than the seconds it protects (a stop on request saves in any case)
+            if epoch < cfg["epochs"] and time.monotonic() - last_saved[0] >= 60 * cfg.get("checkpoint_minutes", 0):
                 save_state()
     except _Diverged:
         end_epoch(time.perf_counter() - epoch_start, validate=False)  # non-finite weights: nothing to score

@@ -67,6 +67,14 @@ def work_rows(label: str, ours: Dataset, theirs: Dataset, names: tuple[str, str]
             {"per_image_ms": {names[0]: round(mine, 3), names[1]: round(base, 3)}})
 
 
+def ratio_rows(label: str, mine: float, base: float, ratio_name: str, names: tuple[str, str]) -> list[dict]:
+    """The ratio of two loaders' images/s against the target, then each loader's rate."""
+    ratio = mine / base
+    return [common.row(f"{label}: {ratio_name}", round(ratio, 2), "x", f">= {TARGET}", ratio >= TARGET),
+            common.row(f"{label}: {names[0]}", round(mine, 1), "images/s"),
+            common.row(f"{label}: {names[1]}", round(base, 1), "images/s")]
+
+
 def compare(ours: Dataset, theirs: Dataset, args: argparse.Namespace, batch: int, collate=None,
             their_collate=None) -> tuple[float, float, list, list]:
     """Median images/s of frelon's and the baseline's loader over alternating epochs."""
@@ -148,11 +156,8 @@ def classification(root: Path, args: argparse.Namespace) -> tuple[list[dict], di
         transforms.RandomResizedCrop(args.size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
         transforms.Normalize(MEAN, STD)]))
     mine, base, mine_all, base_all = compare(ours, theirs, args, args.batch)
-    ratio = mine / base
-    rows = [common.row(f"loader {args.size}px: prepared hornet / ImageFolder+PIL", round(ratio, 2), "x",
-                       f">= {TARGET}", ratio >= TARGET),
-            common.row(f"loader {args.size}px: frelon prepared (mirror)", round(mine, 1), "images/s"),
-            common.row(f"loader {args.size}px: ImageFolder + PIL", round(base, 1), "images/s")]
+    rows = ratio_rows(f"loader {args.size}px", mine, base, "prepared hornet / ImageFolder+PIL",
+                      ("frelon prepared (mirror)", "ImageFolder + PIL"))
     more, work = work_rows(f"loader {args.size}px", ours, theirs, ("frelon", "ImageFolder"))
     return rows + more, {"classification": {**work, "frelon": mine_all, "imagefolder": base_all, "loader": mine,
                                             "train_images": len(ours), "jpeg_size": args.jpeg_size,
@@ -169,11 +174,8 @@ def detection(root: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
     ours = DetectionSet(prepared, "train", preprocessing, DETECTION_DEFAULTS, train=True)
     theirs = PilDetection(ours, size)
     mine, base, mine_all, base_all = compare(ours, theirs, args, args.detection_batch, collate, boxes_collate)
-    ratio = mine / base
-    rows = [common.row(f"loader {size}px: frelon detection / PIL letterbox", round(ratio, 2), "x",
-                       f">= {TARGET}", ratio >= TARGET),
-            common.row(f"loader {size}px: frelon detection (augment + targets)", round(mine, 1), "images/s"),
-            common.row(f"loader {size}px: PIL letterbox + flip", round(base, 1), "images/s")]
+    rows = ratio_rows(f"loader {size}px", mine, base, "frelon detection / PIL letterbox",
+                      ("frelon detection (augment + targets)", "PIL letterbox + flip"))
     more, work = work_rows(f"loader {size}px", ours, theirs, ("frelon", "PIL"))
     return rows + more, {"detection": {**work, "frelon": mine_all, "pil": base_all, "images": len(ours),
                                        "loader": mine}}

@@ -114,15 +114,19 @@ def step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
     return statistics.median(times)
 
 
+def _shadow(name: str, policy: checkpointing.Policy) -> nn.Module:
+    """The model on `meta`: shapes without storage, to count bytes without arithmetic."""
+    with torch.device("meta"):
+        return build(name, policy, torch.device("meta"))
+
+
 def training_memory_bytes(name: str, policy: checkpointing.Policy, batch: int, size: int,
                           device: torch.device, shadow: nn.Module | None = None) -> int | None:
     """Memory a training step needs: peak allocated on GPU; on CPU, counted (weights, gradients and
     momentum, plus saved activations) on `shadow`, the model built on `meta` (one is built if not
     given). None on GPU when the batch does not fit at all."""
     if device.type != "cuda":
-        if shadow is None:
-            with torch.device("meta"):
-                shadow = build(name, policy, torch.device("meta"))
+        shadow = _shadow(name, policy) if shadow is None else shadow
         x, y = torch.empty(batch, 3, size, size, device="meta"), torch.zeros(batch, dtype=torch.long, device="meta")
         weights = sum(p.numel() * p.element_size() for p in shadow.parameters())
         return 3 * weights + saved_activation_bytes(shadow, x, y)
@@ -186,10 +190,7 @@ def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, devi
     saved = saved_activation_bytes(model, x, y)
     seconds = step_seconds(model, x, y, steps, warmup)
     del model, x, y  # nothing of this measurement stays allocated during the next ones
-    shadow = None
-    if device.type != "cuda":
-        with torch.device("meta"):
-            shadow = build(name, policy, torch.device("meta"))
+    shadow = None if device.type == "cuda" else _shadow(name, policy)  # built once for the whole search
     used = training_memory_bytes(name, policy, batch, size, device, shadow)
     peak = used if device.type == "cuda" else None
     try:

@@ -9,6 +9,7 @@ if "demo" in config:
             directory("data/demo/hornet"),
         log:
             "logs/demo_hornet.log",
+        priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
         conda:
             "../envs/frelon.yaml"
         params:
@@ -41,6 +42,7 @@ if "demo" in config:
             expand("data/demo/voc/{file}{ext}", file=VOC_ARCHIVES, ext=["", ".sha256"]),
         log:
             "logs/demo_voc.log",
+        priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
         conda:
             "../envs/frelon.yaml"
         params:
@@ -55,6 +57,7 @@ if "demo" in config:
             expand("data/demo/coco/{file}{ext}", file=COCO_ARCHIVES, ext=["", ".sha256"]),
         log:
             "logs/demo_coco.log",
+        priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
         conda:
             "../envs/frelon.yaml"
         params:
@@ -72,6 +75,7 @@ if "demo" in config:
             sha256=config["demo"]["pretrain"]["export"] + ".sha256",
         log:
             "logs/demo_export_weights.log",
+        priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
         conda:
             "../envs/frelon.yaml"
         shell:
@@ -85,6 +89,7 @@ rule fetch_weights:
         "data/weights/{name}.pth",
     log:
         "logs/fetch_weights/{name}.log",
+    priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
     conda:
         "../envs/frelon.yaml"
     params:
@@ -101,6 +106,7 @@ rule fetch_archive:
         "data/archives/{file}",
     log:
         "logs/fetch_archive/{file}.log",
+    priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
     conda:
         "../envs/frelon.yaml"
     params:
@@ -117,6 +123,7 @@ rule extract:
         directory("data/raw/{name}"),
     log:
         "logs/extract/{name}.log",
+    priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
     conda:
         "../envs/frelon.yaml"
     shell:
@@ -153,6 +160,7 @@ rule augment:
         directory("data/augmented/{dataset}"),
     log:
         "logs/augment/{dataset}.log",
+    priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
     conda:
         "../envs/frelon.yaml"
     params:
@@ -169,6 +177,7 @@ rule prepare_voc:
         directory("data/prepared/voc"),
     log:
         "logs/prepare/voc.log",
+    priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
     conda:
         "../envs/frelon.yaml"
     params:
@@ -185,6 +194,7 @@ rule prepare_coco:
         directory("data/prepared/coco"),
     log:
         "logs/prepare/coco.log",
+    priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
     conda:
         "../envs/frelon.yaml"
     shell:

@@ -58,7 +58,7 @@ ruleorder: train_detection > train
 use rule train as train_pretrain with:
     wildcard_constraints:
         run=frelon_spec.PRETRAIN_RUN,
-    priority: 10
+    priority: 20  # before everything that can wait: every run from its weights waits for it
 
 
 ruleorder: train_pretrain > train

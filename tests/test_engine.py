@@ -137,9 +137,9 @@ def test_mixed_precision_and_channels_last_train_with_finite_losses(precision, d
 
 
 def test_loader_workers_give_the_same_result_as_the_main_process(data, tmp_path):
-    results = []
+    results = []  # two epochs: the workers, kept from the first, mirror with the second's draws
     for workers in (0, 2):
-        spec = make_spec(data, tmp_path / f"w{workers}", epochs=1, world_size=1, batch_size=8, workers=workers)
+        spec = make_spec(data, tmp_path / f"w{workers}", epochs=2, world_size=1, batch_size=8, workers=workers)
         engine.fit(ClassificationTask(spec), spec, CPU)
         results.append(torch.load(tmp_path / f"w{workers}" / "model.pt", weights_only=True)["model"])
     for key in results[0]:
@@ -169,3 +169,30 @@ def test_epoch_end_states_are_saved_at_most_every_checkpoint_minutes(minutes, sa
     spec = make_spec(data, tmp_path, epochs=3, world_size=1, batch_size=8, checkpoint_minutes=minutes)
     engine.fit(ClassificationTask(spec), spec, CPU)
     assert written == [1, 2][:saves] and (tmp_path / "model.pt").exists()  # none after the last epoch
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("flags\t\t: fpu avx512f avx512bw avx512_bf16 amx_tile", True),
+    ("flags\t\t: fpu avx2 avx512f avx512bw avx512vl avx512dq", False),   # bf16 only emulated
+    ("Features\t: fp asimd bf16 i8mm", True),                          # Arm
+    ("processor\t: 0", False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\n{flags}\n")
+    assert engine.cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is native
+    assert engine.cpu_has_native_bf16(str(tmp_path / "absent")) is False
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_and_the_run_says_which(data, tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda native=native: native)
+        assert engine.resolve_precision("auto", cpu) == expected
+        assert engine.resolve_precision("fp16", cpu) == "fp16" and engine.resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.undo()
+    spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=8, precision="auto")
+    engine.fit(ClassificationTask(spec), spec, CPU)
+    worker.evaluate(spec, str(tmp_path / "model.pt"), str(tmp_path / "metrics.json"), CPU)
+    used = engine.resolve_precision("auto", cpu)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["precision"] == used
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == used

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, default_collate
 from PIL import Image
 
 from frelon.data.augment import ORDER, preview_online
-from frelon.data.dataset import CachedSplit, sample_seed
+from frelon.data.dataset import Batch, CachedSplit, collate, sample_seed
 from frelon.errors import FrelonError
 from frelon.tasks.classification import ClassificationTask
 
@@ -102,3 +103,28 @@ def test_the_preview_shows_one_row_per_setting(split, tmp_path):
     assert image.format == "PNG" and image.height == 2 + len(SETTINGS) * (32 + 2)
     assert image.width > 2 + 4 * (32 + 2)  # and a column of labels
     assert [p.name for p in (tmp_path / "fig").iterdir()] == ["preview.png"]
+
+
+@pytest.mark.parametrize("augment", [[], ["mirror"], ["mirror", "noise"]])
+def test_a_whole_batch_equals_its_samples_stacked_bit_for_bit(split, augment):
+    dataset = CachedSplit(split, PRE, augment, seed=3)
+    dataset.set_epoch(2)
+    order = [5, 0, 11, 11, 7]
+    built = collate(dataset.__getitems__(order))
+    assert isinstance(dataset.__getitems__(order), Batch) == (augment != ["mirror", "noise"])
+    images, labels = default_collate([dataset[i] for i in order])
+    assert torch.equal(built[0], images) and torch.equal(built[1], labels)
+
+
+def test_loader_workers_kept_across_epochs_see_each_epoch(split):
+    dataset = CachedSplit(split, PRE, ["mirror"])
+    epochs = []
+    for workers in (0, 2):
+        loader = DataLoader(dataset, 4, num_workers=workers, persistent_workers=workers > 0, collate_fn=collate)
+        seen = []
+        for epoch in range(3):
+            dataset.set_epoch(epoch)
+            seen.append(torch.cat([images for images, _ in loader]))
+        epochs.append(seen)
+    assert all(torch.equal(a, b) for a, b in zip(*epochs))
+    assert not torch.equal(epochs[1][0], epochs[1][1])  # the epochs' flips differ

@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from frelon.data.augment import online
+from frelon.data.augment import _Mirror, online
 from frelon.errors import FrelonError
+
+
+class Batch(tuple):
+    """A batch a dataset built whole (`__getitems__`): `collate` passes it through as it is."""
+
+
+def collate(data):
+    """The DataLoader's collate for datasets that may build their batches whole: a `Batch` as it is,
+    a list of samples through torch's default_collate."""
+    return tuple(data) if isinstance(data, Batch) else default_collate(data)
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor for a batch; in a loader worker, in shared memory, as default_collate allocates
+    it, so that handing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+class SharedEpoch:
+    """A dataset's `epoch`, the key of its draws, in shared memory: the engine keeps its loader workers
+    from epoch to epoch (`persistent_workers`), and they see what `set_epoch` writes in the main process."""
+
+    def __init__(self) -> None:
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
 
 
 def sample_seed(*keys: int) -> int:
@@ -20,7 +55,7 @@ def sample_seed(*keys: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-class CachedSplit(Dataset):
+class CachedSplit(SharedEpoch, Dataset):
     """Images of one prepared split (uint8 cache, resized and cropped as `preprocessing` says; checked),
     augmented online by the transforms named in `augment` (see augment.ORDER; `options` overrides
     augment.ONLINE_DEFAULTS), then normalised with the weights' mean/std.
@@ -48,10 +83,7 @@ class CachedSplit(Dataset):
         self.std = torch.tensor(std).view(3, 1, 1)
         self.transform = online(augment, options)
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        SharedEpoch.__init__(self)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,3 +100,23 @@ class CachedSplit(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.augmented(i) - self.mean) / self.std, self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> Batch | list:
+        """A whole batch (what a DataLoader asks for; give it `collate`): with no augmentation or
+        mirror alone, the uint8 images are flipped, scaled and normalised into one batch tensor with
+        the same draws and arithmetic as `__getitem__` (bit-identical, tested), instead of a float
+        image per sample stacked afterwards. Other augmentations go sample by sample."""
+        if not (self.transform is None or isinstance(self.transform, _Mirror)):
+            return [self[i] for i in indices]
+        out = _batch_tensor((len(indices), *self.images.shape[1:]), torch.float32)
+        draws = torch.Generator()
+        for k, i in enumerate(indices):
+            image = self.images[i]
+            if self.transform is not None:
+                # _Mirror's draw: the first of the sample's seeded CPU generator, as `augmented` makes it
+                draws.manual_seed(sample_seed(self.seed, self.epoch, i))
+                if torch.rand(1, generator=draws) < self.transform.p:
+                    image = image.flip(-1)
+            torch.div(image, 255, out=out[k])
+        out.sub_(self.mean).div_(self.std)
+        return Batch((out, self.labels[torch.as_tensor(indices, dtype=torch.long)]))

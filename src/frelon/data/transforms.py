@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -62,7 +63,8 @@ class Letterbox:
 
 
 def detection_transform(letterbox: Letterbox, train: bool, options: dict | None = None) -> v2.Compose:
-    """uint8 image + XYWH boxes in, float image (size x size, in [0, 1]) + XYXY boxes out."""
+    """uint8 image (a PIL image: the geometry and colour steps then run in PIL's C code, twice as fast
+    as on a tensor, measured at 512) + XYWH boxes in, float image (size x size, in [0, 1]) + XYXY boxes out."""
     o = {**AUGMENT_DEFAULTS, **(options or {})}
     steps: list = [v2.ConvertBoundingBoxFormat("XYXY"), *letterbox.transforms()]
     if train:
@@ -76,20 +78,26 @@ def detection_transform(letterbox: Letterbox, train: bool, options: dict | None 
             steps.append(v2.RandomHorizontalFlip(o["flip"]))
         if any(o[k] for k in ("brightness", "contrast", "saturation", "hue")):
             steps.append(v2.ColorJitter(o["brightness"], o["contrast"], o["saturation"], o["hue"]))
-    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1), v2.ToDtype(torch.float32, scale=True)]
+    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1), v2.ToImage(),
+              v2.ToDtype(torch.float32, scale=True)]
     return v2.Compose(steps)
 
 
-def apply(transform: v2.Compose, image: torch.Tensor, boxes_xywh: list[list[float]], labels: list[int],
-          seed: int, epoch: int, index: int) -> tuple[torch.Tensor, dict]:
-    """Transform one sample with its own seeded draw; the target holds `boxes` (XYXY), `labels`
-    and `dropped` (boxes the augmentation pushed out of the picture)."""
-    height, width = image.shape[-2:]
+def apply(transform: v2.Compose, image: Image.Image | torch.Tensor, boxes_xywh: list[list[float]],
+          labels: list[int], seed: int, epoch: int, index: int) -> tuple[torch.Tensor, dict]:
+    """Transform one sample (an RGB PIL image, or a uint8 (3, H, W) tensor) with its own seeded draw;
+    the target holds `boxes` (XYXY), `labels` and `dropped` (boxes the augmentation pushed out of the
+    picture)."""
+    if isinstance(image, Image.Image):
+        width, height = image.size
+    else:
+        height, width = image.shape[-2:]
+        image = tv_tensors.Image(image)
     boxes = tv_tensors.BoundingBoxes(torch.tensor(boxes_xywh, dtype=torch.float32).reshape(-1, 4), format="XYWH",
                                      canvas_size=(height, width))
     target = {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.int64)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sample_seed(seed, epoch, index))
-        out_image, out = transform(tv_tensors.Image(image), target)
+        out_image, out = transform(image, target)
     out["dropped"] = len(labels) - len(out["labels"])
     return out_image, out

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from frelon.data.dataset import collate
 from frelon.train.distributed import World, all_reduce_sum, shard
 
 
@@ -16,7 +17,7 @@ def confusion_matrix(model: nn.Module, dataset: Dataset, num_classes: int, world
     was_training = model.training
     model.eval()
     counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=world.device)
-    loader = DataLoader(Subset(dataset, shard(len(dataset), world)), batch_size=batch_size)
+    loader = DataLoader(Subset(dataset, shard(len(dataset), world)), batch_size=batch_size, collate_fn=collate)
     for x, y in loader:
         pred = model(x.to(world.device)).argmax(1)
         flat = y.to(world.device) * num_classes + pred

@@ -182,20 +182,42 @@ def largest_batch(memory: Callable[[int], int | None], budget: int, probe: int, 
     return good
 
 
+def affine_largest_batch(at_probe: int, at_twice: int, probe: int, budget: int) -> int:
+    """The largest batch within `budget` for memory that is affine in the batch, from its values at
+    `probe` and 2 x `probe`; 0 when not even one sample fits."""
+    per_probe = at_twice - at_probe  # bytes per `probe` samples (integers: no rounding)
+    if per_probe <= 0:
+        raise FrelonError(f"memory {at_probe} bytes at batch {probe} and {at_twice} at {2 * probe}: it does not "
+                          f"grow with the batch, so no largest batch follows from it")
+    return max(0, probe + (budget - at_probe) * probe // per_probe)
+
+
 def measure(name: str, size: int, batch: int, policy: checkpointing.Policy, device: torch.device,
             steps: int, warmup: int, budget_mb: float) -> dict:
     """One row of the checkpointing study."""
     model = build(name, policy, device)
     x, y = _batch(batch, size, device)
     saved = saved_activation_bytes(model, x, y)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     seconds = step_seconds(model, x, y, steps, warmup)
     del model, x, y  # nothing of this measurement stays allocated during the next ones
     shadow = None if device.type == "cuda" else _shadow(name, policy)  # built once for the whole search
-    used = training_memory_bytes(name, policy, batch, size, device, shadow)
+    # on CPU the count at this batch is the one just made (training_memory_bytes on `meta` gives the same
+    # bytes, tested), not a second pass
+    used = training_memory_bytes(name, policy, batch, size, device, shadow) if device.type == "cuda" \
+        else 3 * weights + saved
     peak = used if device.type == "cuda" else None
     try:
-        fits = largest_batch(lambda b: training_memory_bytes(name, policy, b, size, device, shadow),
-                             int(budget_mb * MB), probe=batch, at_probe=used)
+        if device.type == "cuda":
+            fits = largest_batch(lambda b: training_memory_bytes(name, policy, b, size, device, shadow),
+                                 int(budget_mb * MB), probe=batch, at_probe=used)
+        else:  # counted bytes are affine in the batch (tested): two counts give the largest batch exactly
+            fits = affine_largest_batch(used, training_memory_bytes(name, policy, 2 * batch, size, device, shadow),
+                                        batch, int(budget_mb * MB))
+            if fits == 0:
+                raise FrelonError(f"checkpointing: {name} at {size} px, policy {policy_label(policy)}: "
+                                  f"memory_budget_mb {budget_mb} holds no batch (weights, gradients and momentum "
+                                  f"alone take {3 * weights / MB:.0f} MB); raise memory_budget_mb")
     except ValueError as exc:  # batch norm cannot train on one value per channel
         raise FrelonError(f"checkpointing: {name} at {size} px, policy {policy_label(policy)}: the search for the "
                           f"largest batch within memory_budget_mb {budget_mb} went down to a batch too small to "

@@ -17,8 +17,9 @@ class Task(Protocol):
 
     collate: Callable[[list], Any] | None
 
-    def build_model(self, pretrained: bool) -> nn.Module:
-        """The network; with `pretrained`, initialised from the spec's weights."""
+    def build_model(self, pretrained: bool, empty: bool = False) -> nn.Module:
+        """The network; with `pretrained`, initialised from the spec's weights; `empty`: on `meta`,
+        uninitialised, for a checkpoint's weights (load_state_dict(assign=True))."""
 
     def dataset(self, split: str, train: bool) -> Dataset:
         """A split of the prepared data (`train` switches augmentation on)."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from frelon.data.dataset import CachedSplit
+from frelon.data.dataset import CachedSplit, collate
 from frelon.evaluate.classification import confusion_matrix, metrics
 from frelon.models.resnet import ResNet
 from frelon.models.weights import load_pretrained
@@ -15,16 +17,17 @@ from frelon.train.distributed import World
 
 
 class ClassificationTask:
-    collate = None
+    collate = staticmethod(collate)  # CachedSplit builds its batches whole
 
     def __init__(self, spec: dict):
         self.spec = spec
         self.num_classes = spec["model"]["num_classes"]
         self.loss_fn = nn.CrossEntropyLoss()
 
-    def build_model(self, pretrained: bool) -> nn.Module:
+    def build_model(self, pretrained: bool, empty: bool = False) -> nn.Module:
         m = self.spec["model"]
-        model = ResNet(m["arch"], self.num_classes, m["norm"], m["residual"], m["zero_init_residual"])
+        with torch.device("meta") if empty else contextlib.nullcontext():
+            model = ResNet(m["arch"], self.num_classes, m["norm"], m["residual"], m["zero_init_residual"])
         if pretrained and m["weights_path"]:
             load_pretrained(model, m["weights_path"])
         if m["head_only"]:

@@ -20,8 +20,9 @@ def load_classifier(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dic
     """The trained network of a classification run's model.pt, its preprocessing and class names."""
     state = load_trained(checkpoint, "classification")
     m = state["spec"]["model"]
-    model = ResNet(m["arch"], m["num_classes"], m["norm"], m["residual"], m["zero_init_residual"])
-    model.load_state_dict(state["model"])
+    with torch.device("meta"):  # no initialisation to throw away: every tensor comes from the checkpoint
+        model = ResNet(m["arch"], m["num_classes"], m["norm"], m["residual"], m["zero_init_residual"])
+    model.load_state_dict(state["model"], assign=True)
     return model.eval(), state["preprocessing"], [c["name"] for c in state["classes"]]
 
 

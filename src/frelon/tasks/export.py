@@ -117,8 +117,6 @@ def _classifier(checkpoint: Path) -> Exportable:
 
 
 def _detector(checkpoint: Path) -> Exportable:
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
     from frelon.data.images import load_rgb
     from frelon.data.transforms import Letterbox, apply, detection_transform
     from frelon.models.centernet import CenterNet
@@ -128,8 +126,8 @@ def _detector(checkpoint: Path) -> Exportable:
     size = pre["input_size"]
 
     def load_image(path: Path) -> torch.Tensor:  # as `frelon detect`: letterboxed, in [0, 1]
-        image = pil_to_tensor(load_rgb(path))
-        letterbox = Letterbox(image.shape[-2], image.shape[-1], size)
+        image = load_rgb(path)
+        letterbox = Letterbox(image.height, image.width, size)
         return apply(detection_transform(letterbox, train=False), image, [], [], seed=0, epoch=0, index=0)[0]
 
     metadata = {

@@ -38,6 +38,28 @@ from frelon.train.schedules import build_scheduler
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, Arm BF16), where autocast's
+    bf16 is faster than float32. torch.ops.mkldnn._is_mkldnn_bf16_supported() also says yes for any
+    AVX512BW CPU, which only emulates it."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:  # not Linux
+        return False
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run uses: `auto` is bf16 where the device computes it natively (a CUDA GPU that
+    supports it, a CPU with AVX512-BF16, AMX or Arm BF16), else fp32; the others as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def move(batch: Any, device: torch.device, channels_last: bool) -> Any:
     """Put a batch (tensors in tuples, lists, dicts) on the device; images in channels-last if asked."""
     if isinstance(batch, torch.Tensor):
@@ -188,13 +210,15 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
     workers = cfg.get("workers", 0)
     loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=task.collate,
                         num_workers=workers, pin_memory=world.device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=workers > 0)  # started once; they read the epoch from SharedEpoch
     accumulate = cfg.get("accumulate", 1)
     batches_per_epoch = sampler.batches_per_epoch
     steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg["lr_schedule"], steps_per_epoch, cfg["epochs"] * steps_per_epoch)
-    precision = cfg.get("precision", "fp32")
+    precision = resolve_precision(cfg.get("precision", "fp32"), world.device)
+    if world.is_main and cfg.get("precision") == "auto":
+        print(f"precision: auto -> {precision} on {world.device.type}", flush=True)
     scaler = torch.amp.GradScaler(world.device.type, enabled=precision == "fp16")
 
     saved = checkpoints.load(state_path, spec)
@@ -314,6 +338,6 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
     if world.is_main:
         torch_save({"model": model.state_dict(), "spec": spec, "epochs": cfg["epochs"], "classes": task.classes(),
                     "preprocessing": spec["data"]["preprocessing"], "diverged": diverged,
-                    "train_seconds": history.train_seconds()}, out / "model.pt")
+                    "train_seconds": history.train_seconds(), "precision": precision}, out / "model.pt")
         shutil.rmtree(state_dir(spec), ignore_errors=True)  # resumable state is for unfinished runs only
     return history.epochs

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from frelon.data.coco import training_targets
+from frelon.data.dataset import SharedEpoch
 from frelon.data.transforms import Letterbox, apply, detection_transform
 from frelon.errors import FrelonError
 from frelon.models.centernet import CenterNet
@@ -36,7 +37,7 @@ def split_files(prepared: str | os.PathLike, split: str) -> tuple[Path, Path]:
     return Path(prepared) / splits[split]["annotations"], Path(splits[split]["images"])
 
 
-class DetectionSet(Dataset):
+class DetectionSet(SharedEpoch, Dataset):
     """Images of one split, normalised with the weights' mean/std; targets for training."""
 
     def __init__(self, prepared: str | os.PathLike, split: str, preprocessing: dict, settings: dict,
@@ -48,7 +49,8 @@ class DetectionSet(Dataset):
         self.size = preprocessing["input_size"]
         self.mean = torch.tensor(preprocessing["mean"]).view(3, 1, 1)
         self.std = torch.tensor(preprocessing["std"]).view(3, 1, 1)
-        self.settings, self.train, self.seed, self.epoch = settings, train, seed, 0
+        self.settings, self.train, self.seed = settings, train, seed
+        SharedEpoch.__init__(self)
         crowded = train and next((im for im in self.images if len(im["labels"]) > settings["max_objects"]), None)
         if crowded:
             raise FrelonError(f"{self.image_root / crowded['file_name']} has {len(crowded['labels'])} objects, more "
@@ -58,9 +60,6 @@ class DetectionSet(Dataset):
     def num_classes(self) -> int:
         return len(self.categories)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.images)
 
@@ -69,22 +68,26 @@ class DetectionSet(Dataset):
 
     def read(self, i: int) -> torch.Tensor:
         """The image as uint8 RGB (3, H, W), checked against the size its annotations give."""
+        return pil_to_tensor(self.read_pil(i))
+
+    def read_pil(self, i: int) -> Image.Image:
+        """The image as an RGB PIL image, checked against the size its annotations give."""
         info = self.images[i]
         path = self.image_root / info["file_name"]
         if not path.exists():
             raise FrelonError(f"{path} is missing ({self.annotations} lists it); extract the dataset completely "
                               f"and prepare it again")
         with Image.open(path) as opened:  # pixels as stored: the annotations refer to them, not to EXIF's turn
-            image = pil_to_tensor(opened.convert("RGB"))
-        if tuple(image.shape[-2:]) != (info["height"], info["width"]):
-            raise FrelonError(f"{path} is {image.shape[-1]}x{image.shape[-2]} but {self.annotations} says "
+            image = opened.convert("RGB")
+        if (image.height, image.width) != (info["height"], info["width"]):
+            raise FrelonError(f"{path} is {image.width}x{image.height} but {self.annotations} says "
                               f"{info['width']}x{info['height']}; the image and its annotations do not match")
         return image
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict | int]:
         info = self.images[i]
         transform = detection_transform(self.letterbox(i), self.train, self.settings.get("augment"))
-        image, target = apply(transform, self.read(i), info["boxes"], info["labels"], self.seed, self.epoch, i)
+        image, target = apply(transform, self.read_pil(i), info["boxes"], info["labels"], self.seed, self.epoch, i)
         image = (image - self.mean) / self.std
         if not self.train:
             return image, i

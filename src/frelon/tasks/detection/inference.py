@@ -52,11 +52,12 @@ def detect(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], flip_
     found = []
     for image_id, path in enumerate(image_files(inputs), start=1):
         try:  # a photo as its camera meant it: EXIF orientation applied, transparency on white
-            image = pil_to_tensor(load_rgb(path))
+            picture = load_rgb(path)
         except (OSError, UnidentifiedImageError) as exc:
             raise FrelonError(f"{path} is not a readable image ({exc})") from None
-        letterbox = Letterbox(image.shape[-2], image.shape[-1], pre["input_size"])
-        x, _ = apply(detection_transform(letterbox, train=False), image, [], [], seed=0, epoch=0, index=0)
+        image = pil_to_tensor(picture)
+        letterbox = Letterbox(picture.height, picture.width, pre["input_size"])
+        x, _ = apply(detection_transform(letterbox, train=False), picture, [], [], seed=0, epoch=0, index=0)
         boxes, scores, labels = predict(model, ((x - mean) / std)[None].to(target), flip_test, top_k)
         results = [{"file_name": str(path), **r, "category": categories.name(r["category_id"])}
                    for r in to_results(boxes[0], scores[0], labels[0], image_id, letterbox, categories)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import torch
@@ -72,9 +74,11 @@ class DetectionTask:
         categories = self.dataset("val").categories
         return [{"id": cid, "name": name} for cid, name in zip(categories.ids, categories.names)]
 
-    def build_model(self, pretrained: bool) -> nn.Module:
+    def build_model(self, pretrained: bool, empty: bool = False) -> nn.Module:
         m = self.spec["model"]
-        model = build_model(m, self.dataset("val").num_classes)
+        num_classes = self.dataset("val").num_classes
+        with torch.device("meta") if empty else contextlib.nullcontext():
+            model = build_model(m, num_classes)
         if pretrained and m["weights_path"]:
             load_pretrained(model.backbone, m["weights_path"])
         return model

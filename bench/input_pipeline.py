@@ -79,6 +79,9 @@ def ratio_rows(label: str, mine: float, base: float, ratio_name: str, names: tup
 def compare(ours: Dataset, theirs: Dataset, args: argparse.Namespace, batch: int, collate=None,
             their_collate=None) -> tuple[float, float, list, list]:
     """Median images/s of frelon's and the baseline's loader over alternating epochs."""
+    if len(ours) < batch:  # drop_last would leave an epoch of nothing to time
+        raise SystemExit(f"input_pipeline: {len(ours)} training images, fewer than a batch of {batch}: "
+                         f"give more images (--images, --detection-images) or a smaller batch")
     options = {"shuffle": True, "num_workers": args.workers, "pin_memory": args.device == "cuda", "drop_last": True,
                "persistent_workers": args.workers > 0}
     loaders = DataLoader(ours, batch, collate_fn=collate, **options), \

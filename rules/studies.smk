@@ -62,9 +62,10 @@ if "adversarial" in config:
             patch_figure=report("results/adversarial/patch.png", category="Adversarial"),
         log:
             "logs/adversarial.log",
+        priority: 3
         conda:
             "../envs/frelon.yaml"
-        threads: CORES
+        threads: max(1, CORES // 2)  # beside training jobs, not alone after them
         resources:
             gpu=gpus(config.get("device", "auto"), 1),
         params:

@@ -62,3 +62,15 @@ use rule train as train_pretrain with:
 
 
 ruleorder: train_pretrain > train
+
+
+if "adversarial" in config:
+
+    # The runs the adversarial study attacks come before the other runs, so that the study (on half the
+    # cores) runs beside training rather than after it.
+    use rule train as train_attacked with:
+        wildcard_constraints:
+            run="|".join(re.escape(run) for run in adversarial_runs().values()),
+        priority: 4
+
+    ruleorder: train_attacked > train

@@ -54,7 +54,7 @@ def test_the_profile_sends_every_launched_rule_to_the_gpu_partition_with_the_war
     root = Path(__file__).resolve().parents[1]
     profile = yaml.safe_load((root / "profiles" / "slurm" / "profile.yaml").read_text())
     rules_text = "".join(p.read_text() for p in (root / "rules").glob("*.smk"))
-    launched = {"train", "train_detection", "train_pretrain"}
+    launched = {"train", "train_detection", "train_pretrain", "train_attacked"}
     assert all(f"rule {name}:" in rules_text or f"as {name} with:" in rules_text for name in launched)
     for name in launched:
         rule = profile["set-resources"][name]

@@ -39,6 +39,7 @@ localrules:
     runs,
     report,
     spec,
+    spec_pretrain,
     study_table,
     metrics,
     claims,

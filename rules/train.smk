@@ -8,6 +8,7 @@ rule spec:
         "{run}/spec.json",
     log:
         "{run}/spec.log",
+    priority: 5  # ahead of the runs (0.3 s each): a run's priority waits for its spec, priorities do not pass to inputs
     conda:
         "../envs/frelon.yaml"
     params:
@@ -62,6 +63,16 @@ use rule train as train_pretrain with:
 
 
 ruleorder: train_pretrain > train
+
+
+# ... and so does its spec
+use rule spec as spec_pretrain with:
+    wildcard_constraints:
+        run=frelon_spec.PRETRAIN_RUN,
+    priority: 20
+
+
+ruleorder: spec_pretrain > spec
 
 
 if "adversarial" in config:

@@ -18,10 +18,15 @@ PIPELINES = {"dvc.yaml": "config/config.yaml", "demo/dvc.yaml": "../config/demo.
 
 
 def clone_project(tmp_path: Path) -> Path:
-    """A fresh `git clone` of the project as it stands in the working tree: every file git would commit."""
+    """A fresh `git clone` of the project as it stands in the working tree: every file git would commit,
+    except the metrics a run of this checkout left (`results/metrics.json`, not ignored so that it can be
+    committed: after `make demo` it is there, and a fresh clone has none)."""
     origin = tmp_path / "origin"
     listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO).stdout
+    untracked = set(run(["git", "ls-files", "-z", "--others", "--exclude-standard"], cwd=REPO).stdout.split("\0"))
     for name in filter(None, listed.split("\0")):
+        if name in untracked and name.startswith(("results/", "demo/results/")):
+            continue
         if (REPO / name).is_file():  # a tracked file deleted in the working tree is left out
             (origin / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, origin / name)

@@ -83,6 +83,13 @@ def detection_transform(letterbox: Letterbox, train: bool, options: dict | None 
     return v2.Compose(steps)
 
 
+def letterboxed(image: Image.Image, size: int) -> tuple[torch.Tensor, Letterbox]:
+    """An RGB picture as the network's evaluation input (float in [0, 1], letterboxed to `size`), and
+    where it lies there: what `frelon detect` and the ONNX export's check feed the network."""
+    letterbox = Letterbox(image.height, image.width, size)
+    return apply(detection_transform(letterbox, train=False), image, [], [], seed=0, epoch=0, index=0)[0], letterbox
+
+
 def apply(transform: v2.Compose, image: Image.Image | torch.Tensor, boxes_xywh: list[list[float]],
           labels: list[int], seed: int, epoch: int, index: int) -> tuple[torch.Tensor, dict]:
     """Transform one sample (an RGB PIL image, or a uint8 (3, H, W) tensor) with its own seeded draw;

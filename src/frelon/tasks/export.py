@@ -118,7 +118,7 @@ def _classifier(checkpoint: Path) -> Exportable:
 
 def _detector(checkpoint: Path) -> Exportable:
     from frelon.data.images import load_rgb
-    from frelon.data.transforms import Letterbox, apply, detection_transform
+    from frelon.data.transforms import letterboxed
     from frelon.models.centernet import CenterNet
     from frelon.tasks.detection.inference import load_detector
 
@@ -126,9 +126,7 @@ def _detector(checkpoint: Path) -> Exportable:
     size = pre["input_size"]
 
     def load_image(path: Path) -> torch.Tensor:  # as `frelon detect`: letterboxed, in [0, 1]
-        image = load_rgb(path)
-        letterbox = Letterbox(image.height, image.width, size)
-        return apply(detection_transform(letterbox, train=False), image, [], [], seed=0, epoch=0, index=0)[0]
+        return letterboxed(load_rgb(path), size)[0]
 
     metadata = {
         "task": "detection", "classes": json.dumps(categories.names), "input_size": str(size),

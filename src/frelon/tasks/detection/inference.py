@@ -12,7 +12,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from frelon.data.coco import CategoryIndex
 from frelon.data.folder import IMAGE_EXTENSIONS
 from frelon.data.images import load_rgb
-from frelon.data.transforms import Letterbox, apply, detection_transform
+from frelon.data.transforms import letterboxed
 from frelon.errors import FrelonError
 from frelon.tasks.detection.task import build_model, predict, to_results
 from frelon.train.checkpoints import load_trained
@@ -56,8 +56,7 @@ def detect(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], flip_
         except (OSError, UnidentifiedImageError) as exc:
             raise FrelonError(f"{path} is not a readable image ({exc})") from None
         image = pil_to_tensor(picture)
-        letterbox = Letterbox(picture.height, picture.width, pre["input_size"])
-        x, _ = apply(detection_transform(letterbox, train=False), picture, [], [], seed=0, epoch=0, index=0)
+        x, letterbox = letterboxed(picture, pre["input_size"])
         boxes, scores, labels = predict(model, ((x - mean) / std)[None].to(target), flip_test, top_k)
         results = [{"file_name": str(path), **r, "category": categories.name(r["category_id"])}
                    for r in to_results(boxes[0], scores[0], labels[0], image_id, letterbox, categories)

@@ -2,6 +2,7 @@
 import json
 import re
 import shlex
+import sys
 import urllib.parse
 
 from frelon import config as frelon_config
@@ -33,6 +34,14 @@ LOCAL = workflow.is_main_process and workflow.nodes is None
 CORES = workflow.resource_settings.cores or 1
 GPUS = gpu_count() if LOCAL else None  # None: not counted
 if GPUS is not None and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", GPUS)
+elif GPUS is not None and workflow.global_resources["gpu"].value > GPUS:
+    # more than there are: jobs would start and wait an hour for GPUs that never come free
+    print(
+        f"--resources gpu={workflow.global_resources['gpu'].value}: this machine shows {GPUS} GPU(s) "
+        f"(CUDA_VISIBLE_DEVICES and the driver counted); using gpu={GPUS}",
+        file=sys.stderr,
+    )
     workflow.register_resource("gpu", GPUS)
 if LOCAL and "machine" not in workflow.global_resources:
     workflow.register_resource("machine", CORES)

@@ -1,6 +1,7 @@
 """Detection data in the real layouts: VOC tars -> COCO JSON (box by box), COCO zips, COCO mAP."""
 
 import json
+import random
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from detection_fixtures import coco_folder, voc_devkit
 from frelon.data import coco, voc
 from frelon.data.demo_detection import COCO_CATEGORIES
-from frelon.evaluate.detection import STATS, coco_eval
+from frelon.evaluate.detection import STATS, coco_eval, coco_summary, coco_tables
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,21 @@ def test_coco_eval_gives_1_for_the_ground_truth_and_less_for_shifted_boxes(coco_
     assert coco_eval(gt, shifted, quiet=True)["AP75"] < 0.5
     with pytest.raises(Exception, match="category ids .* not in"):
         coco_eval(gt, [{**perfect[0], "category_id": 2}], quiet=True)
+
+
+def test_coco_scored_by_category_in_parts_joins_into_the_whole_evaluation(coco_root):
+    """N ranks each evaluate every N-th category; the summary of the joined tables is the single evaluation's."""
+    gt = coco_root / "annotations" / "instances_val2017.json"
+    truth = json.loads(gt.read_text())
+    rng = random.Random(0)
+    noisy = [{"image_id": a["image_id"], "category_id": rng.choice([a["category_id"], *[c["id"] for c in COCO_CATEGORIES]]),
+              "bbox": [v + rng.uniform(-4, 4) for v in a["bbox"]], "score": rng.random()}
+             for a in truth["annotations"] for _ in range(3)]
+    whole = coco_eval(gt, noisy, quiet=True)
+    assert 0 < whole["AP"] < 1
+    for parts in (2, 3, 7):  # 7: more parts than the 5 categories, some empty
+        assert coco_summary(gt, [coco_tables(gt, noisy, part, parts) for part in range(parts)]) == whole
+    assert coco_summary(gt, [coco_tables(gt, [], 0, 2), coco_tables(gt, [], 1, 2)]) == dict.fromkeys(STATS, 0.0)
 
 
 def test_the_cli_converts_voc_and_scores_detections(devkit, coco_root, tmp_path, capsys):

@@ -68,3 +68,32 @@ def test_balanced_accuracy_is_the_mean_recall():
     assert result["n"] == 12
     assert result["accuracy"] == 9 / 12
     assert result["balanced_accuracy"] == (0.8 + 0.5) / 2
+
+
+def test_ranks_wait_for_each_other_as_long_as_the_config_says(monkeypatch):
+    """NCCL's default is 10 minutes, less than rank 0 alone may take to score COCO while the others wait."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    seen = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: seen.update(backend=backend, **kwargs))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    world = distributed.init("cpu", timeout_minutes=90)
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=90)} and world.rank == 1
+    distributed.init("cpu")
+    assert seen["timeout"] == timedelta(minutes=distributed.DEFAULT_TIMEOUT_MINUTES) >= timedelta(minutes=60)
+
+
+def test_a_barrier_names_the_ranks_gpu_to_nccl_and_nothing_to_gloo(monkeypatch):
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda **kwargs: calls.append(kwargs))
+    distributed.barrier(distributed.World(1, 2, 1, torch.device("cuda", 1)))
+    distributed.barrier(distributed.World(1, 2, 1, torch.device("cpu")))
+    assert calls == [{"device_ids": [1]}, {"device_ids": None}]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine_fixtures import make_spec, prepared_hornet
+from frelon import tasks
 from frelon.errors import FrelonError
 from frelon.studies.checkpointing import policy_label as memory_label
 from frelon.tasks.classification import ClassificationTask
@@ -24,7 +25,7 @@ def data(tmp_path_factory):
 
 def test_a_run_writes_history_iterations_tensorboard_lr_plot_and_model(data, tmp_path):
     spec = make_spec(data, tmp_path, epochs=2, world_size=1, batch_size=8)
-    epochs = engine.fit(ClassificationTask(spec), spec, CPU)
+    epochs = engine.fit(ClassificationTask(spec), spec, CPU).epochs
     history = pd.read_csv(tmp_path / "history.csv")
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert list(history.epoch) == [1, 2] and history.equals(pd.DataFrame(epochs))
@@ -37,7 +38,9 @@ def test_a_run_writes_history_iterations_tensorboard_lr_plot_and_model(data, tmp
     assert {"data_seconds", "compute_seconds", "images_per_second"} <= set(iterations.columns)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     state = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert state["spec"] == spec and not (tmp_path / "state").exists()
+    assert state["spec"] == spec and (tmp_path / "state" / "finished.pt").exists()  # until the run is scored
+    engine.finish(spec, CPU)
+    assert not (tmp_path / "state").exists()
 
 
 def test_accumulation_counts_optimizer_steps_and_the_effective_batch(data, tmp_path):
@@ -77,18 +80,21 @@ def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_checkpoint(d
     assert not (tmp_path / "model.pt").exists()
 
 
-def test_with_on_divergence_stop_a_nan_loss_ends_the_run_as_diverged_and_evaluation_scores_nothing(data, tmp_path):
+def test_with_on_divergence_stop_a_nan_loss_ends_the_run_as_diverged_and_evaluation_scores_nothing(data, tmp_path,
+                                                                                                 monkeypatch):
     spec = make_spec(data, tmp_path, epochs=3, world_size=1, batch_size=8, log_every=1, on_divergence="stop")
-    engine.fit(ExplodingTask(spec), spec, CPU)
+    monkeypatch.setattr(tasks, "build", ExplodingTask)
+    worker.train(spec, str(tmp_path / "metrics.json"), CPU)
     final = torch.load(tmp_path / "model.pt", weights_only=True)
     assert final["diverged"] == {"step": 4, "epoch": 1}
     assert final["preprocessing"] == spec["data"]["preprocessing"]
     history = pd.read_csv(tmp_path / "history.csv")
     assert len(history) == 1 and history.step.tolist() == [4] and "val_accuracy" not in history
-    assert not (tmp_path / "state").exists()
-    worker.evaluate(spec, str(tmp_path / "model.pt"), str(tmp_path / "metrics.json"), CPU)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["diverged"] == {"step": 4, "epoch": 1} and "accuracy" not in metrics
+    assert not (tmp_path / "state").exists()
+    worker.evaluate(spec, str(tmp_path / "model.pt"), str(tmp_path / "evaluated.json"), CPU)  # from the file
+    assert json.loads((tmp_path / "evaluated.json").read_text()) == metrics
 
 
 def test_evaluation_refuses_a_checkpoint_trained_with_other_preprocessing(data, tmp_path):
@@ -130,7 +136,7 @@ def test_sync_batchnorm_on_cpu_asks_for_gpus(data, tmp_path):
 def test_mixed_precision_and_channels_last_train_with_finite_losses(precision, data, tmp_path):
     spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=8, precision=precision,
                      channels_last=True, grad_clip=1.0, optimizer="adamw")
-    epochs = engine.fit(ClassificationTask(spec), spec, CPU)
+    epochs = engine.fit(ClassificationTask(spec), spec, CPU).epochs
     assert math.isfinite(epochs[0]["train_loss"])
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert iterations.loss.map(math.isfinite).all()
@@ -197,3 +203,46 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_and_the_run_says_
     used = engine.resolve_precision("auto", cpu)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["precision"] == used
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == used
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_on_a_gpu_is_bf16_from_ampere_on_and_fp16_with_a_loss_scaler_before(capability, expected,
+                                                                                            monkeypatch):
+    """V100 (7.0) and T4/RTX 20xx (7.5) only emulate bf16, slower than fp32; the engine's GradScaler is on
+    for fp16."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert engine.resolve_precision("auto", torch.device("cuda", 0)) == expected
+    assert engine.resolve_precision("bf16", torch.device("cuda", 0)) == "bf16"  # asked for: as it is
+
+
+def test_cudnn_picks_its_fastest_algorithms_on_a_gpu_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    engine.configure_backends(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False  # CPU runs stay bit-reproducible
+    engine.configure_backends(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_per_batch_counts_made_on_the_host_reach_the_device_without_a_blocking_copy(monkeypatch):
+    """A blocking host-to-GPU copy waits for the device's queued work (the whole backward) every micro-batch."""
+    copies = []
+    to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        moved = to(self, *args, **kwargs)
+        if moved.device != self.device:
+            copies.append(kwargs.get("non_blocking", False))
+        return moved
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    device = torch.device("meta")  # stands in for a GPU: any device other than the host's
+    sums = {}
+    for _ in range(2):
+        engine._accumulate(sums, {"samples": torch.tensor(8), "loss": torch.tensor(3.0, device=device)}, device)
+    monkeypatch.undo()
+    assert sums["samples"].device == device and sums["samples"].dtype == torch.float64
+    assert copies and all(copies)  # every host-to-device copy: non-blocking
+    cpu = {}
+    engine._accumulate(cpu, {"samples": torch.tensor(8)}, torch.device("cpu"))
+    engine._accumulate(cpu, {"samples": torch.tensor(4)}, torch.device("cpu"))
+    assert cpu["samples"].item() == 12.0

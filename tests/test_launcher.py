@@ -323,3 +323,53 @@ def test_signals_reach_the_ranks_as_what_each_launcher_passes_on(monkeypatch):
     sent.clear()
     launcher._run_forwarding_signals(["srun", "python", "-m", "frelon.train.node"], {})
     assert sent == [signal.SIGUSR1, signal.SIGTERM, signal.SIGTERM]  # srun answers INT with a status line
+
+
+NVIDIA_SMI = """#!/bin/sh
+if [ "$1" = "-L" ]; then
+  echo "GPU 0: Tesla V100-SXM2-16GB (UUID: GPU-1)"
+  echo "GPU 1: Tesla V100-SXM2-16GB (UUID: GPU-2)"
+else
+  echo "| NVIDIA-SMI 470.57.02    Driver Version: 470.57.02    CUDA Version: 11.4     |"
+fi
+"""
+
+
+@pytest.fixture
+def old_driver(tmp_path, monkeypatch):
+    """A machine whose nvidia-smi lists two V100s on a CUDA 11.4 driver, while torch sees no GPU (as here)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvidia-smi").write_text(NVIDIA_SMI)
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    for name in ("FRELON_FAKE_GPUS", "CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(launcher, "GPU_DRIVER_FILES", (str(tmp_path / "bin" / "nvidia-smi"),))  # "a driver"
+
+
+def test_gpus_that_torch_cannot_use_are_said_loudly_with_the_driver_the_build_and_the_fix(old_driver, capsys,
+                                                                                          monkeypatch):
+    import torch
+
+    reason = launcher.unusable_gpus()
+    assert "2 NVIDIA GPU(s) (Tesla V100-SXM2-16GB; driver 470.57.02)" in reason
+    assert f"torch {torch.__version__}" in reason and "sees none" in reason and "make install TORCH=" in reason
+    assert launcher.gpu_count() == 0
+    assert "WARNING: this machine has 2 NVIDIA GPU(s)" in capsys.readouterr().err
+    with pytest.raises(FrelonError, match="sees none"):  # device: cuda fails with the reason
+        visible_gpus("cuda")
+    monkeypatch.setattr(launcher, "_run_forwarding_signals", lambda cmd, env, pass_fds=(): 0)
+    monkeypatch.setenv("FRELON_WARM", "0")
+    launcher.launch(["train", "spec.json"], 1, "auto", threads=1)  # device: auto trains on the CPU, and says so
+    assert "WARNING: this machine has 2 NVIDIA GPU(s)" in capsys.readouterr().err
+    launcher.launch(["train", "spec.json"], 1, "cpu", threads=1)  # asked for the CPU: nothing to say
+    assert "WARNING" not in capsys.readouterr().err
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for this job, on purpose
+    assert launcher.unusable_gpus() is None
+
+
+def test_without_nvidia_smi_or_its_gpus_nothing_is_said(old_driver, tmp_path, monkeypatch):
+    (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\necho 'No devices were found'\n")
+    assert launcher.unusable_gpus() is None
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert launcher.unusable_gpus() is None

@@ -129,12 +129,12 @@ def test_a_resumed_epoch_reports_the_throughput_of_the_batches_it_timed(data, tm
     spec = make_spec(data, tmp_path / "resumed", epochs=1, world_size=1, batch_size=4, checkpoint_every=4)
     with pytest.raises(Interrupted):
         engine.fit(InterruptedTask(spec), spec, CPU)
-    row = engine.fit(SmallNetTask(spec), spec, CPU)[0]
+    row = engine.fit(SmallNetTask(spec), spec, CPU).epochs[0]
     images = len(SmallNetTask(spec).dataset("train"))
     assert row["timed_images"] == images - 4 * 4  # from batch 5: the first 4 ran in the process that died
     assert row["images_per_second"] == pytest.approx(row["timed_images"] / row["epoch_seconds"])
     whole = make_spec(data, tmp_path / "whole", epochs=1, world_size=1, batch_size=4, checkpoint_every=4)
-    uninterrupted = engine.fit(SmallNetTask(whole), whole, CPU)[0]
+    uninterrupted = engine.fit(SmallNetTask(whole), whole, CPU).epochs[0]
     assert uninterrupted["timed_images"] == images
     assert row["train_loss"] == pytest.approx(uninterrupted["train_loss"])  # the means cover the whole epoch
 

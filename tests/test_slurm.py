@@ -9,6 +9,7 @@ retry resumes, and it ends with the same weights as the uninterrupted local run.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -142,6 +143,10 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
         for r in by_run[name]:
             assert r["slurm_job_id"] in submitted
             assert len(r["cuda_visible_devices"].split(",")) == world
+    # with CPU binding (task/affinity), each node's ranks get the CPUs the job has there, not one
+    for r in launches:
+        job_cpus = int(_job(r["slurm_job_id"])["NumCPUs"]) // (2 if r in by_run["w2-nodes2"] else 1)
+        assert r["cpus"] == min(job_cpus, os.cpu_count()) > 0, r
     spread = by_run["w2-nodes2"]
     for job in {r["slurm_job_id"] for r in spread}:   # each attempt: one agent per node, one GPU each
         assert sorted(r["node"] for r in spread if r["slurm_job_id"] == job) == ["n1", "n2"]

@@ -2,6 +2,7 @@
 The real thing, on a real SLURM, is tests/test_slurm.py."""
 
 import argparse
+import os
 
 import pytest
 
@@ -66,3 +67,35 @@ def test_the_profile_sends_every_launched_rule_to_the_gpu_partition_with_the_war
     marked = [line for line in (root / "profiles" / "slurm" / "profile.yaml").read_text().splitlines() if "<──" in line]
     assert {"slurm_account", "slurm_partition", "runtime", "gpu_model", "mem_mb_per_cpu"} <= {
         line.strip().lstrip("# ").split(":")[0] for line in marked}
+
+
+def test_each_node_task_of_the_step_gets_the_jobs_cpus_and_gpus_there():
+    """srun gives a task one CPU unless told (and since SLURM 22.05 no longer takes the job's
+    --cpus-per-task): with CPU binding, a node's ranks and loader workers would share that one."""
+    from frelon.train import slurm
+
+    one = slurm.step_command(["train", "s.json"], 2, 1, "auto", 10, endpoint="vm:1", env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert "--cpus-per-task=10" in one and "--gpus-per-node=2" in one
+    spread = slurm.step_command(["train", "s.json"], 8, 2, "auto", 12, endpoint="vm:1",
+                                env={"SLURM_GPUS_PER_NODE": "a100:4"})
+    assert "--cpus-per-task=12" in spread and "--gpus-per-node=4" in spread
+    uneven = slurm.step_command(["train", "s.json"], 8, 2, "auto", 6, endpoint="vm:1",
+                                env={"CUDA_VISIBLE_DEVICES": "0,1,2,3,4"})
+    assert "--cpus-per-task=6" in uneven and not any(a.startswith("--gpus-per-node") for a in uneven)
+    cpu = slurm.step_command(["train", "s.json"], 2, 1, "cpu", 4, endpoint="vm:1", env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert not any(a.startswith("--gpus-per-node") for a in cpu)
+
+
+def test_the_jobs_nodes_and_cpus_per_node_come_from_its_variables_or_squeue(tmp_path, monkeypatch):
+    """The SLURM executor's job step removes SLURM_JOB_NUM_NODES and SLURM_JOB_CPUS_PER_NODE."""
+    from frelon.train import slurm
+
+    assert slurm.allocation("7", {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_CPUS_PER_NODE": "16(x1),12"}) == (2, 12)
+    (tmp_path / "squeue").write_text("#!/bin/sh\necho '2 24'\n")
+    (tmp_path / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert slurm.allocation("7", {}) == (2, 12)
+    (tmp_path / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id' >&2\n")
+    assert slurm.allocation("7", {"SLURM_JOB_NUM_NODES": "3"}) == (3, None)
+    with pytest.raises(FrelonError, match="cannot tell how many nodes SLURM job 7 has .*Invalid job id"):
+        slurm.allocation("7", {})

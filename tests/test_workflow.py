@@ -29,7 +29,11 @@ def test_snakemake_lint_finds_nothing(tmp_path, configfile):
 
 def dry_run_jobs(work, *args: str) -> list[tuple[str, str, dict[str, str]]]:
     """(rule, first output, resources) of every job that `snakemake -n ARGS` lists."""
-    out = run(["snakemake", "-n", *args], cwd=work).stdout
+    return listed_jobs(run(["snakemake", "-n", *args], cwd=work).stdout)
+
+
+def listed_jobs(out: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(rule, first output, resources) of every job in a dry run's output."""
     jobs = []
     for block in re.split(r"^(?:local)?rule ", out, flags=re.M)[1:]:
         name, _, body = block.partition(":\n")
@@ -79,12 +83,19 @@ def test_gpu_jobs_are_limited_to_the_gpus_present(tmp_path, monkeypatch):
     # a machine without GPUs (this one): runs on device auto take none, so nothing waits for one
     cpu = gpus_by_run(dry_run_jobs(work, "--cores", "2", "--configfile", configfile))
     assert set(cpu.values()) == {0}
-    # with GPUs: one per process, limited to the GPUs present unless `--resources gpu=N` says otherwise
+    # with GPUs: one per process, limited to the GPUs present, or to `--resources gpu=N` where that is fewer
     monkeypatch.setenv("FRELON_FAKE_GPUS", "1")
     one = gpus_by_run(dry_run_jobs(work, "--cores", "2", "--configfile", configfile))
     assert one["results/runs/scaling/w1-nowarmup"] == 1 and one["results/runs/scaling/w2-fixed-warmup"] == 1
-    given = gpus_by_run(dry_run_jobs(work, "--cores", "2", "--resources", "gpu=2", "--configfile", configfile))
-    assert given["results/runs/scaling/w1-nowarmup"] == 1 and given["results/runs/scaling/w2-fixed-warmup"] == 2
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "2")
+    given = gpus_by_run(dry_run_jobs(work, "--cores", "2", "--resources", "gpu=1", "--configfile", configfile))
+    assert given["results/runs/scaling/w1-nowarmup"] == 1 and given["results/runs/scaling/w2-fixed-warmup"] == 1
+    # more than there are: lowered to what the machine shows, rather than jobs waiting an hour for GPUs (a
+    # 2-process run asks for one, and its launch fails at once, naming the fix)
+    monkeypatch.setenv("FRELON_FAKE_GPUS", "1")
+    too_many = run(["snakemake", "-n", "--cores", "2", "--resources", "gpu=2", "--configfile", configfile], cwd=work)
+    assert "--resources gpu=2: this machine shows 1 GPU(s)" in too_many.stderr and "using gpu=1" in too_many.stderr
+    assert gpus_by_run(listed_jobs(too_many.stdout))["results/runs/scaling/w2-fixed-warmup"] == 1
     # the demo pins the CPU: no GPU even where there are some
     demo = gpus_by_run(dry_run_jobs(work, "--cores", "2", "--configfile", "config/demo.yaml"))
     assert set(demo.values()) == {0}

@@ -7,18 +7,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from frelon.data.dataset import collate
-from frelon.train.distributed import World, all_reduce_sum, shard
+from frelon.train.distributed import World, all_reduce_sum, shard, stoppable
 
 
 @torch.no_grad()
 def confusion_matrix(model: nn.Module, dataset: Dataset, num_classes: int, world: World,
                      batch_size: int = 64) -> torch.Tensor:
-    """(true, predicted) counts summed over ranks; each rank scores its own disjoint shard."""
+    """(true, predicted) counts summed over ranks; each rank scores its own disjoint shard (a stop asked for
+    meanwhile raises `StopRequested` on every rank)."""
     was_training = model.training
     model.eval()
     counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=world.device)
     loader = DataLoader(Subset(dataset, shard(len(dataset), world)), batch_size=batch_size, collate_fn=collate)
-    for x, y in loader:
+    for x, y in stoppable(loader, len(dataset), batch_size, world):
         pred = model(x.to(world.device)).argmax(1)
         flat = y.to(world.device) * num_classes + pred
         counts += torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes)

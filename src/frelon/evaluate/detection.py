@@ -19,6 +19,15 @@ STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs
 def coco_eval(gt: str | os.PathLike, detections: str | os.PathLike | list, quiet: bool = False) -> dict[str, float]:
     """Score `detections` (COCO results: image_id, category_id, bbox [x, y, w, h], score) against
     the ground truth file `gt`; returns AP, AP50, AP75, APs/m/l and AR1/10/100, ARs/m/l."""
+    return coco_summary(gt, [coco_tables(gt, detections)], quiet)
+
+
+def coco_tables(gt: str | os.PathLike, detections: str | os.PathLike | list, part: int = 0,
+                parts: int = 1) -> dict | None:
+    """COCOeval's precision, recall and score tables for the categories `part`, `part + parts`, ... of
+    `gt` (None when there are no detections at all). COCOeval evaluates and accumulates each category on
+    its own, so the parts, computed by as many processes, join into the tables of one whole evaluation
+    (`coco_summary`): N ranks score COCO in about 1/N of the time."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -30,8 +39,7 @@ def coco_eval(gt: str | os.PathLike, detections: str | os.PathLike | list, quiet
         raise FrelonError(f"{detections} is not a COCO results file: expected a JSON list of "
                           f"{{image_id, category_id, bbox: [x, y, w, h], score}} (a ground-truth file is not one)")
     if not results:  # pycocotools cannot load an empty result list; nothing detected scores 0
-        print(f"{detections}: no detections; every score is 0", flush=True)
-        return dict.fromkeys(STATS, 0.0)
+        return None
     results = [dict(r) for r in results]  # loadRes adds keys to the dicts it is given
     unknown_images = {r["image_id"] for r in results} - set(truth.getImgIds())
     unknown_categories = {r["category_id"] for r in results} - set(truth.getCatIds())
@@ -39,10 +47,39 @@ def coco_eval(gt: str | os.PathLike, detections: str | os.PathLike | list, quiet
         raise FrelonError(f"{detections}: image ids {sorted(unknown_images)[:5]} or category ids "
                           f"{sorted(unknown_categories)[:5]} are not in {gt}; results must use the ground "
                           f"truth's ids (COCO's original category ids, not a contiguous index)")
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    mine = sorted(truth.getCatIds())[part::parts]
+    if not mine:
+        return {"categories": [], "precision": None, "recall": None, "scores": None}
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluator.params.catIds = mine
         evaluator.evaluate()
         evaluator.accumulate()
+    return {"categories": evaluator.params.catIds, **{k: evaluator.eval[k] for k in ("precision", "recall", "scores")}}
+
+
+def coco_summary(gt: str | os.PathLike, tables: list[dict | None], quiet: bool = False) -> dict[str, float]:
+    """COCOeval's 12 summary numbers from the tables of every category (`coco_tables`, in parts)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if any(t is None for t in tables):
+        print(f"{gt}: no detections; every score is 0", flush=True)
+        return dict.fromkeys(STATS, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(COCO(str(gt)), None, "bbox")
+    p = evaluator.params
+    column = {category: k for k, category in enumerate(p.catIds)}
+    T, R, K, A, M = len(p.iouThrs), len(p.recThrs), len(p.catIds), len(p.areaRng), len(p.maxDets)
+    whole = {"precision": -np.ones((T, R, K, A, M)), "recall": -np.ones((T, K, A, M)),
+             "scores": -np.ones((T, R, K, A, M))}
+    for part in tables:
+        ks = [column[c] for c in part["categories"]]
+        for name, table in whole.items():
+            if ks:
+                table[..., ks, :, :] = part[name]
+    evaluator.eval = {"params": p, "counts": [T, R, K, A, M], **whole}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
         evaluator.summarize()
     if not quiet:  # the 12 summary lines, without pycocotools' progress chatter
         print("".join(line for line in printed.getvalue().splitlines(keepends=True) if line.startswith(" Average")),

@@ -12,8 +12,8 @@ import torch
 from frelon.atomic import torch_save
 from frelon.errors import FrelonError
 
-# Keys of the spec that do not change what is computed: where the run is written.
-NEUTRAL_KEYS = ("output",)
+# Keys of the spec that do not change what is computed: where the run is written, how long ranks wait.
+NEUTRAL_KEYS = ("output", "train.collective_timeout_minutes")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -34,20 +34,29 @@ def spec_differences(saved: dict, current: dict) -> list[str]:
 
 
 def rng_state() -> dict:
-    """Every random number generator this process uses, in a form `weights_only` loading accepts."""
+    """Every random number generator this process uses, in a form `weights_only` loading accepts. On a
+    GPU only the rank's own device's (`torch.cuda.current_device()`, which `distributed.init` sets): a
+    resumed rank may see fewer GPUs than the one that saved (another node layout, a requeue)."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(torch.cuda.current_device()) if torch.cuda.is_available() else None,
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
     }
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved, whatever GPUs this process sees now. A state saved before it kept
+    one CUDA state per visible GPU: the one of this process's device is taken, if it has one."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if torch.cuda.is_available() and cuda is not None and len(cuda):
+        device = torch.cuda.current_device()
+        if isinstance(cuda, list):
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
     random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,11 @@ from frelon.errors import FrelonError
 from frelon.models import checkpointing
 from frelon.tasks.base import Task
 from frelon.train import checkpoints
-from frelon.train.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum
+from frelon.train import preemption as stopping
+from frelon.train.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum, barrier
 from frelon.train.history import History, peak_memory_mb
 from frelon.train.optim import build_optimizer
-from frelon.train.preemption import PREEMPTED_MARKER, Preempted, Preemption
+from frelon.train.preemption import Preempted, Preemption, StopRequested
 from frelon.train.samplers import ResumableSampler
 from frelon.train.schedules import build_scheduler
 
@@ -51,13 +53,21 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a run uses: `auto` is bf16 where the device computes it natively (a CUDA GPU that
-    supports it, a CPU with AVX512-BF16, AMX or Arm BF16), else fp32; the others as they are."""
+    """The precision a run uses; `auto`: on a GPU, bf16 where it computes it natively (compute capability
+    8.0 on: Ampere, Hopper...), else fp16 with a loss scaler (V100, T4, RTX 20xx emulate bf16, slower than
+    fp32); on a CPU, bf16 with AVX512-BF16, AMX or Arm BF16, else fp32. The others as they are."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def configure_backends(device: torch.device) -> None:
+    """cuDNN picks its fastest convolution algorithms for the run's shapes (fixed within a run): not
+    bit-reproducible on a GPU, which the CPU runs are."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def move(batch: Any, device: torch.device, channels_last: bool) -> Any:
@@ -107,16 +117,6 @@ class _Diverged(Exception):
     """The loss became non-finite on some rank and the config says to end the run there."""
 
 
-def _stopped_after_save(world: World) -> None:
-    """Before any rank exits: the main rank marks the stop as a request (the launcher then exits 75, where
-    torchrun says 1) and every rank waits until it has saved. A rank that exits early ends its node's
-    torchrun, and under SLURM that ends the whole step (srun --kill-on-bad-exit), the main rank mid-save."""
-    marker = os.environ.get(PREEMPTED_MARKER)
-    if world.is_main and marker:
-        open(marker, "w").close()
-    all_reduce_sum(torch.zeros(1, device=world.device))  # a barrier on every backend
-
-
 def _agree_to_stop(nonfinite: torch.Tensor, preemption: Preemption, world: World, step: int, epoch: int,
                    state_path: Path, on_divergence: str) -> bool:
     """All ranks learn whether any saw a non-finite loss or was asked to stop (True).
@@ -136,6 +136,18 @@ def _agree_to_stop(nonfinite: torch.Tensor, preemption: Preemption, world: World
             f"(or train.on_divergence: stop to record the run as diverged)."
         )
     return bool(flags[1] > 0)
+
+
+def _on(value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`value` as float64 on `device`; a host tensor's copy does not wait for the device's queued work."""
+    value = value.detach()
+    return value.to(torch.float64) if value.device == device else value.to(device, torch.float64, non_blocking=True)
+
+
+def _accumulate(sums: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Add a micro-batch's per-sample sums (some computed on the host, as its sample count) to the epoch's."""
+    for key, value in stats.items():
+        sums[key] = sums[key] + _on(value, device) if key in sums else _on(value, device)
 
 
 def _epoch_means(sums: dict[str, torch.Tensor], timed: torch.Tensor) -> tuple[dict[str, float], float]:
@@ -165,11 +177,18 @@ def _broadcast_buffers(model: nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+_LOCKED: set[Path] = set()  # run folders whose lock this process holds
+
+
 @contextlib.contextmanager
-def _run_lock(out: Path, world: World):
-    """Rank 0 holds `<run>/.train.lock` while it trains: a rerun started while the ranks of a killed launch
-    still save their state (a warm run's ranks outlive their launcher by a step) waits for them, then
-    resumes from what they saved, instead of training beside them."""
+def run_lock(out: Path, world: World):
+    """Rank 0 holds `<run>/.train.lock` while it trains and scores: a rerun started while the ranks of a
+    killed launch still save their state (a warm run's ranks outlive their launcher by a step) waits for
+    them, then resumes from what they saved, instead of training beside them. Held already: nothing."""
+    out = Path(out).resolve()
+    if out in _LOCKED:
+        yield
+        return
     fd = None
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -180,24 +199,89 @@ def _run_lock(out: Path, world: World):
             print(f"{out}: another process is still training this run; waiting until it has saved and exited",
                   flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
+    _LOCKED.add(out)
     try:
-        if world.world_size > 1:
-            all_reduce_sum(torch.zeros(1, device=world.device))  # the other ranks wait for rank 0's lock
+        barrier(world)  # no rank reads the run's state before rank 0 holds the lock
         yield
     finally:
+        _LOCKED.discard(out)
         if fd is not None:
             os.close(fd)
 
 
-def fit(task: Task, spec: dict, world: World) -> list[dict]:
-    """Train the spec's model to the end, resuming from saved state if any; returns the per-epoch rows."""
-    with _run_lock(Path(spec["output"]), world):
-        return _fit(task, spec, world)
+@dataclass
+class Trained:
+    """A finished run: the bare model (on the run's device), its epoch rows and what model.pt records."""
+    model: nn.Module
+    epochs: list[dict]
+    diverged: dict | None
+    precision: str
+    train_seconds: float
 
 
-def _fit(task: Task, spec: dict, world: World) -> list[dict]:
+def fit(task: Task, spec: dict, world: World) -> Trained:
+    """Train the spec's model to the end, resuming from saved state if any; rank 0 writes model.pt.
+
+    The run's state/ stays until `finish`: a run that fails after training (while it is scored, or stopped
+    there) starts again from the trained model, not from its last checkpoint."""
+    with run_lock(Path(spec["output"]), world), stopping.handling() as preemption:
+        return _restore_finished(task, spec, world) or _fit(task, spec, world, preemption)
+
+
+def finish(spec: dict, world: World) -> None:
+    """The run is complete (model.pt and its scores written): its resumable state goes."""
+    if world.is_main:
+        shutil.rmtree(state_dir(spec), ignore_errors=True)
+
+
+def _finished_paths(spec: dict) -> tuple[Path, Path]:
+    """A trained run's record and a second link to its model.pt, kept in state/ until `finish`."""
+    return state_dir(spec) / "finished.pt", state_dir(spec) / "model.pt"
+
+
+def _keep_finished(spec: dict, history: History, diverged: dict | None, precision: str) -> None:
+    """Rank 0, once model.pt is written: what a rerun needs to skip training (a hard link costs no copy)."""
+    record, model_link = _finished_paths(spec)
+    model_path = Path(spec["output"]) / "model.pt"
+    model_link.parent.mkdir(parents=True, exist_ok=True)
+    model_link.unlink(missing_ok=True)
+    _link_or_copy(model_path, model_link)
+    torch_save({"spec": spec, "history": history.state(), "diverged": diverged, "precision": precision}, record)
+
+
+def _restore_finished(task: Task, spec: dict, world: World) -> Trained | None:
+    """A run trained to the end whose scoring failed or was stopped: its model, from state/, on every rank."""
+    record_path, model_link = _finished_paths(spec)
+    record = checkpoints.load(record_path, spec)
+    if record is None or not model_link.exists():
+        return None
+    out = Path(spec["output"])
+    history = History(out, world.is_main)
+    history.restore(record["history"])
+    state = torch.load(model_link, map_location="cpu", weights_only=True)
+    model = task.build_model(pretrained=False, empty=True)
+    model.load_state_dict(state["model"], assign=True)
+    if world.is_main:
+        print(f"{out}: trained already ({record_path}); scoring it", flush=True)
+        history.write()
+        if not (out / "model.pt").exists():
+            _link_or_copy(model_link, out / "model.pt")
+    return Trained(model.to(world.device), history.epochs, record["diverged"], record["precision"],
+                   history.train_seconds())
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A second name for `source` (a hard link costs no copy), or a copy where links are not possible."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _fit(task: Task, spec: dict, world: World, preemption: Preemption) -> Trained:
     cfg = spec["train"]
     out, state_path = Path(spec["output"]), state_dir(spec) / "last.pt"
+    configure_backends(world.device)
     torch.manual_seed(spec["seed"])
     model = checkpointing.apply(task.build_model(pretrained=True), cfg.get("checkpointing", "none"))
     if cfg.get("channels_last"):
@@ -241,11 +325,19 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
 
     def end_epoch(seconds: float, validate: bool) -> None:
         """`seconds` and `timed_images` cover what this process ran of the epoch: after a resume, only the
-        batches since (the train_* means still cover the whole epoch)."""
+        batches since (the train_* means still cover the whole epoch). A stop asked for while the ranks
+        validate saves the epoch as trained but not validated: the rerun validates it."""
         means, images = _epoch_means(sums, timed)
         if validate:
             _broadcast_buffers(model)
-        scores = task.evaluate(model, "val", world) if validate else {}
+            try:
+                scores = task.evaluate(model, "val", world)
+            except StopRequested:
+                save_state()
+                raise Preempted(f"stopped on request while validating epoch {epoch + 1}; state saved to "
+                                f"{state_path}") from None
+        else:
+            scores = {}
         history.epoch({
             "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1), **means,
             **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
@@ -266,7 +358,6 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
             })
 
     checkpoint_every = cfg.get("checkpoint_every", 0)
-    preemption = Preemption()
     autocast = torch.autocast(world.device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32")
     nonfinite = torch.zeros((), device=world.device)
     on_divergence, diverged = cfg.get("on_divergence", "fail"), None
@@ -297,9 +388,8 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
                 loss = loss.detach()
                 nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss)).float())
                 stats = {"loss": loss.float() * stats["samples"], **stats}
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0) + value.detach().to(world.device, torch.float64)
-                timed += stats["samples"].to(world.device, torch.float64)
+                _accumulate(sums, stats, world.device)
+                timed += _on(stats["samples"], world.device)
                 if not boundary:
                     tick = time.perf_counter()
                     continue
@@ -309,7 +399,6 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
                 if history.due(step) or save_now or batch_in_epoch == batches_per_epoch:
                     if _agree_to_stop(nonfinite, preemption, world, step, epoch, state_path, on_divergence):
                         save_state()
-                        _stopped_after_save(world)
                         raise Preempted(f"stopped on request at iteration {step}; state saved to {state_path}")
                     now, images = time.perf_counter(), timed.item()  # every rank has as many (DistributedSampler pads)
                     history.iteration(step, epoch, loss.item(), lr, data_time, now - tick,
@@ -333,11 +422,10 @@ def _fit(task: Task, spec: dict, world: World) -> list[dict]:
             print(f"diverged: the loss became NaN or infinite by iteration {step} (epoch {epoch + 1}); "
                   f"the run ends here and is reported as diverged", flush=True)
     finally:
-        preemption.restore()
         history.close()
     if world.is_main:
         torch_save({"model": model.state_dict(), "spec": spec, "epochs": cfg["epochs"], "classes": task.classes(),
                     "preprocessing": spec["data"]["preprocessing"], "diverged": diverged,
                     "train_seconds": history.train_seconds(), "precision": precision}, out / "model.pt")
-        shutil.rmtree(state_dir(spec), ignore_errors=True)  # resumable state is for unfinished runs only
-    return history.epochs
+        _keep_finished(spec, history, diverged, precision)
+    return Trained(model, history.epochs, diverged, precision, history.train_seconds())

@@ -65,9 +65,13 @@ class History:
             if key not in ("epoch", "step"):
                 writer.add_scalar(f"epoch/{key}", value, row["step"])
         writer.flush()
+        self.write()
+        print(", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, (int, float))), flush=True)
+
+    def write(self) -> None:
+        """history.csv (epoch rows) and iterations.csv, as they stand."""
         write_text(self.out / "history.csv", pd.DataFrame(self.epochs).to_csv(index=False))
         write_text(self.out / "iterations.csv", pd.DataFrame(self.iterations).to_csv(index=False))
-        print(", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, (int, float))), flush=True)
 
     def train_seconds(self) -> float:
         return float(sum(row["epoch_seconds"] for row in self.epochs))

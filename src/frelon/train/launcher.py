@@ -68,6 +68,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import stat
@@ -126,7 +128,7 @@ def visible_gpus(device: str) -> list[str]:
         count = torch.cuda.device_count()
         gpus = listed.split(",")[:count] if listed else [str(i) for i in range(count)]
     if not gpus and device == "cuda":
-        raise FrelonError("device: cuda but no GPU is visible; set device: cpu or auto in the config")
+        raise FrelonError(unusable_gpus() or "device: cuda but no GPU is visible; set device: cpu or auto in the config")
     return gpus
 
 
@@ -137,11 +139,54 @@ GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/k
 def gpu_count() -> int:
     """How many GPUs this machine shows a job (CUDA_VISIBLE_DEVICES and FRELON_FAKE_GPUS respected):
     the value for `snakemake --resources gpu=N`. Quick where it can be: no torch import (2 s) when
-    GPUs are pretended, or on a Linux machine without any GPU driver."""
+    GPUs are pretended, or on a Linux machine without any GPU driver. Says why, on stderr, when the
+    machine has NVIDIA GPUs that torch cannot use."""
     if (fake_gpus() is None and sys.platform.startswith("linux")
             and not any(os.path.exists(p) for p in GPU_DRIVER_FILES)):
         return 0
-    return len(visible_gpus("auto"))
+    count = len(visible_gpus("auto"))
+    if count == 0:
+        warn_unusable_gpus()
+    return count
+
+
+def unusable_gpus() -> str | None:
+    """Why torch sees no GPU on a machine whose `nvidia-smi` lists some (the driver is older than the CUDA
+    torch was built for, the build dropped the GPU's architecture, or torch is a CPU-only build); None when
+    nvidia-smi lists none, is missing, or torch sees them."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1")  # no GPU for this job, on purpose
+    if fake_gpus() is not None or hidden or not shutil.which("nvidia-smi"):
+        return None
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = re.findall(r"^GPU \d+: (.+?)(?: \(UUID.*)?$", listed, flags=re.M)
+    if not names:
+        return None
+    import torch
+
+    if torch.cuda.device_count():
+        return None
+    driver = re.search(r"Driver Version: *([\d.]+)", header)
+    supports = re.search(r"CUDA Version: *([\d.]+)", header)
+    built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
+    cause = ("install a build with CUDA" if not torch.version.cuda else
+             f"its driver runs CUDA {supports[1]} at most" if supports else "check its driver (nvidia-smi)")
+    return (f"this machine has {len(names)} NVIDIA GPU(s) ({', '.join(sorted(set(names)))}; driver "
+            f"{driver[1] if driver else 'unknown'}) but torch {torch.__version__}, built for {built}, sees none: "
+            f"{cause}, and CUDA 13 builds no longer run on Volta (V100) or older GPUs. Runs on device: auto "
+            f"train on the CPU. Install the torch build for this driver (README, Install: e.g. make install "
+            f"TORCH=\"torch torchvision --extra-index-url https://download.pytorch.org/whl/cu126\" for drivers "
+            f"from 525), or set device: cpu in the config to train on the CPU without this warning.")
+
+
+def warn_unusable_gpus() -> None:
+    """`unusable_gpus`, loudly, on stderr."""
+    reason = unusable_gpus()
+    if reason:
+        print(f"WARNING: {reason}", file=sys.stderr, flush=True)
 
 
 # --- lock files ---------------------------------------------------------------------------------
@@ -414,12 +459,14 @@ def launch(worker_args: list[str], world_size: int, device: str, threads: int | 
     for name in (RANK_LOCKS_VAR, LEASE_VAR):  # an enclosing launch's, never this one's
         env.pop(name, None)
     gpus = visible_gpus(device)
+    if device == "auto" and not gpus:
+        warn_unusable_gpus()
     if "SLURM_JOB_ID" in env:
         from frelon.train import slurm
 
-        nodes = slurm.allocation_nodes(env["SLURM_JOB_ID"])
+        nodes, cpus = slurm.allocation(env["SLURM_JOB_ID"], env)
         if nodes > 1 or len(gpus) <= world_size:
-            cmd = slurm.step_command(worker_args, world_size, nodes, device)
+            cmd = slurm.step_command(worker_args, world_size, nodes, device, cpus, env=env)
             # the marker goes where every node sees it: rank 0 may run on any node of the step
             with tempfile.TemporaryDirectory(prefix=".frelon-launch-", dir=os.getcwd()) as tmp:
                 marker = Path(tmp) / "preempted"

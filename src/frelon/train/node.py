@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frelon.train.node: {exc}", file=sys.stderr, flush=True)
         return 2
     record_launch(env, args.worker_args, node_gpus(args.device, env), args.world_size,
-                  local_processes=int(env["LOCAL_PROCESSES"]))
+                  local_processes=int(env["LOCAL_PROCESSES"]), cpus=len(os.sched_getaffinity(0)))
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # kept across exec: see the module docstring
     os.execve(cmd[0], cmd, env)
     return 0  # not reached

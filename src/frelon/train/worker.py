@@ -20,18 +20,38 @@ import torch
 from frelon import tasks
 from frelon.atomic import write_json
 from frelon.errors import FrelonError
-from frelon.train import distributed, engine
-from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER, Preempted
+from frelon.train import distributed, engine, preemption
+from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER, Preempted, StopRequested
 
 
 def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) -> None:
-    """Score a trained model on the test split with the preprocessing it was trained with; rank 0
-    writes the metrics JSON. A diverged run is reported as such, with no scores."""
+    """Score a trained model.pt on the test split with the preprocessing it was trained with."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if state.get("preprocessing") != spec["data"]["preprocessing"]:
         raise FrelonError(f"{checkpoint} was trained with preprocessing {state.get('preprocessing')} but "
                           f"{spec['output']}/spec.json says {spec['data']['preprocessing']}; retrain it")
     task = tasks.build(spec)
+    model = None
+    if not state.get("diverged"):
+        model = _model(task, state["model"])
+        left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+        if left:
+            raise FrelonError(f"{checkpoint} has no values for {left}; retrain it")
+    score(task, spec, model, state, out, world)
+
+
+def _model(task, weights: dict) -> torch.nn.Module:
+    """The task's network holding `weights` (tensors taken, not copied): built on `meta`, since a random
+    initialisation thrown away cost a run of the demo a quarter of a second."""
+    model = task.build_model(pretrained=False, empty=True)
+    model.load_state_dict(weights, assign=True)
+    return model
+
+
+def score(task, spec: dict, model: torch.nn.Module | None, state: dict, out: str, world: distributed.World) -> None:
+    """Every rank scores its shard of the test split; rank 0 writes the metrics JSON (and the task's files
+    beside it). `state`: what model.pt records (diverged, train_seconds, precision). A diverged run is
+    reported as such, with no scores (`model` None)."""
     if state.get("diverged"):
         if world.is_main:
             print(f"{spec['experiment']}: diverged at iteration {state['diverged']['step']}; not scored")
@@ -39,13 +59,6 @@ def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) ->
             write_json(out, {"experiment": spec["experiment"], "split": "test", "diverged": state["diverged"],
                              "train_seconds": state["train_seconds"], "precision": state.get("precision")})
         return
-    # built on `meta` and given the checkpoint's tensors: a random initialisation thrown away cost a run
-    # of the demo a quarter of a second
-    model = task.build_model(pretrained=False, empty=True)
-    model.load_state_dict(state["model"], assign=True)
-    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
-    if left:
-        raise FrelonError(f"{checkpoint} has no values for {left}; retrain it")
     result = task.evaluate(model.to(world.device), "test", world)
     if world.is_main:
         task.write_outputs(result, Path(out).parent)
@@ -53,6 +66,31 @@ def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) ->
                                                    if isinstance(v, float)), flush=True)
         write_json(out, {"experiment": spec["experiment"], "split": "test",
                          "train_seconds": state["train_seconds"], "precision": state.get("precision"), **result})
+
+
+def train(spec: dict, out: str | None, world: distributed.World) -> None:
+    """Train to the end, then (with `out`) score the test split with the model in memory, on the ranks
+    that trained it: no rank reads a file another wrote, and no second start-up per run. The run's
+    resumable state goes only once its metrics are written."""
+    task = tasks.build(spec)
+    with engine.run_lock(Path(spec["output"]), world), preemption.handling():
+        trained = engine.fit(task, spec, world)
+        if out:
+            # the weights as `evaluate` would load them from model.pt: the same network, the same numbers
+            model = None if trained.diverged else _model(task, trained.model.state_dict())
+            score(task, spec, model, {"diverged": trained.diverged, "train_seconds": trained.train_seconds,
+                                      "precision": trained.precision}, out, world)
+        engine.finish(spec, world)
+
+
+def _stopped(world: distributed.World) -> None:
+    """Before any rank exits on a stop request: the main rank marks the stop as a request (the launcher then
+    exits 75, where torchrun says 1), and every rank waits for it here, so also until it has saved. A rank
+    that exits early ends its node's torchrun, and under SLURM the whole step (srun --kill-on-bad-exit),
+    the main rank mid-save."""
+    if world.is_main and os.environ.get(PREEMPTED_MARKER):
+        open(os.environ[PREEMPTED_MARKER], "w").close()
+    distributed.barrier(world)
 
 
 def _stop_with_parent() -> None:
@@ -74,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.spec) as f:
         spec = json.load(f)
     try:
-        world = distributed.init(spec["device"])
+        world = distributed.init(spec["device"], spec["train"].get("collective_timeout_minutes",
+                                                                   distributed.DEFAULT_TIMEOUT_MINUTES))
     except FrelonError as exc:  # e.g. its launch is gone and its GPU may be another job's
         print(f"[rank {os.environ.get('RANK', 0)}] {exc}", file=sys.stderr, flush=True)
         return 1
@@ -84,17 +123,14 @@ def main(argv: list[str] | None = None) -> int:
                               f"is {spec['train']['world_size']}; SLURM spread the GPUs unevenly over the nodes: append "
                               f"--gpus-per-node=<GPUs per node> to slurm_extra in profiles/slurm/profile.yaml")
         if args.mode == "train":
-            engine.fit(tasks.build(spec), spec, world)
-            if args.out:  # score it now, in the processes that trained it: no second start-up per run
-                distributed.all_reduce_sum(torch.zeros(1, device=world.device))  # rank 0 has written model.pt
-                evaluate(spec, str(Path(spec["output"]) / "model.pt"), args.out, world)
+            train(spec, args.out, world)
         else:
-            evaluate(spec, args.checkpoint, args.out, world)
-    except Preempted as exc:
+            with preemption.handling():
+                evaluate(spec, args.checkpoint, args.out, world)
+    except (Preempted, StopRequested) as exc:
         if world.is_main:
             print(f"{exc}; rerun to resume", file=sys.stderr, flush=True)
-            if os.environ.get(PREEMPTED_MARKER):  # the launcher reports 75 although torchrun says 1
-                open(os.environ[PREEMPTED_MARKER], "w").close()
+        _stopped(world)
         return EXIT_PREEMPTED
     except Exception as exc:
         print(f"[rank {world.rank}] {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

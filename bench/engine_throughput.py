@@ -61,7 +61,7 @@ def engine_throughput(spec: dict, device: torch.device) -> list[float]:
     from frelon.train import engine
     from frelon.train.distributed import World
 
-    epochs = engine.fit(make_task(spec), spec, World(0, 1, 0, device))
+    epochs = engine.fit(make_task(spec), spec, World(0, 1, 0, device)).epochs
     return [row["images_per_second"] for row in epochs]
 
 

@@ -149,6 +149,7 @@ def whole(data, tmp_path_factory):
     return out, run(out)
 
 
+@pytest.mark.slow  # two processes: 14 s, most of it their start-up
 def test_two_ranks_train_and_score_the_test_split_when_collectives_do_not_block(whole, monkeypatch):
     out, reports = whole
     assert [r["code"] for r in reports] == [0, 0]
@@ -251,3 +252,22 @@ def test_a_stop_asked_for_while_a_single_process_scores_ends_the_scoring():
         with pytest.raises(preemption.StopRequested):
             list(stoppable(range(3), 3, 1, alone))
     assert not preemption.requested()  # the handler is gone with the block
+
+
+def test_the_ranks_wait_for_each_other_as_long_as_the_spec_says(data, tmp_path, monkeypatch):
+    from frelon.errors import FrelonError
+    from frelon.train import distributed
+
+    asked = []
+
+    def init(device, timeout_minutes):
+        asked.append(timeout_minutes)
+        raise FrelonError("stop here")
+
+    monkeypatch.setattr(distributed, "init", init)
+    monkeypatch.setattr(worker, "_stop_with_parent", lambda: None)  # this process is pytest, not a rank
+    make_spec(data, tmp_path, **TRAIN, collective_timeout_minutes=120)
+    assert worker.main(["train", str(tmp_path / "spec.json")]) == 1 and asked == [120]
+    make_spec(data, tmp_path, **TRAIN)
+    worker.main(["train", str(tmp_path / "spec.json")])
+    assert asked[-1] == distributed.DEFAULT_TIMEOUT_MINUTES == 60

@@ -254,7 +254,7 @@ def test_a_stop_asked_for_while_a_single_process_scores_ends_the_scoring():
     assert not preemption.requested()  # the handler is gone with the block
 
 
-def test_the_ranks_wait_for_each_other_as_long_as_the_spec_says(data, tmp_path, monkeypatch):
+def test_the_ranks_wait_for_each_other_as_long_as_the_spec_says(tmp_path, monkeypatch):
     from frelon.errors import FrelonError
     from frelon.train import distributed
 
@@ -266,8 +266,7 @@ def test_the_ranks_wait_for_each_other_as_long_as_the_spec_says(data, tmp_path, 
 
     monkeypatch.setattr(distributed, "init", init)
     monkeypatch.setattr(worker, "_stop_with_parent", lambda: None)  # this process is pytest, not a rank
-    make_spec(data, tmp_path, **TRAIN, collective_timeout_minutes=120)
-    assert worker.main(["train", str(tmp_path / "spec.json")]) == 1 and asked == [120]
-    make_spec(data, tmp_path, **TRAIN)
-    worker.main(["train", str(tmp_path / "spec.json")])
-    assert asked[-1] == distributed.DEFAULT_TIMEOUT_MINUTES == 60
+    for train, expected in (({"collective_timeout_minutes": 120}, 120), ({}, distributed.DEFAULT_TIMEOUT_MINUTES)):
+        (tmp_path / "spec.json").write_text(json.dumps({"device": "cpu", "train": train}))
+        assert worker.main(["train", str(tmp_path / "spec.json")]) == 1 and asked[-1] == expected
+    assert distributed.DEFAULT_TIMEOUT_MINUTES == 60

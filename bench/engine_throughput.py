@@ -72,6 +72,8 @@ def bare_throughput(spec: dict, device: torch.device) -> list[float]:
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = task.build_model(pretrained=False).to(device, memory_format=fmt)
     dataset = task.dataset("train", train=True)
+    if spec["task"] == "classification":
+        dataset.raw = False  # float batches made on the host, as such a loop has them
     loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=cfg["workers"],
                         collate_fn=task.collate, pin_memory=device.type == "cuda")
     if spec["task"] == "classification":

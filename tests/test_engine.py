@@ -246,3 +246,23 @@ def test_per_batch_counts_made_on_the_host_reach_the_device_without_a_blocking_c
     engine._accumulate(cpu, {"samples": torch.tensor(8)}, torch.device("cpu"))
     engine._accumulate(cpu, {"samples": torch.tensor(4)}, torch.device("cpu"))
     assert cpu["samples"].item() == 12.0
+
+
+class RawTask(ClassificationTask):
+    """Its training set hands uint8 batches (`RawBatch`), as the engine asks for on a GPU."""
+
+    def dataset(self, split, train=False):
+        dataset = super().dataset(split, train)
+        dataset.raw = dataset.raw is None or dataset.raw
+        return dataset
+
+
+def test_uint8_batches_finished_where_the_model_is_train_the_weights_of_float_batches(data, tmp_path):
+    """What a GPU run gets (uint8 to the device, mirrored and normalised there), on the CPU's tensors."""
+    weights = []
+    for name, task in (("float", ClassificationTask), ("uint8", RawTask)):
+        spec = make_spec(data, tmp_path / name, epochs=2, world_size=1, batch_size=8, workers=1)
+        assert task(spec).dataset("train", train=True).raw is (None if task is ClassificationTask else True)
+        weights.append(engine.fit(task(spec), spec, CPU).model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -6,9 +6,10 @@ from torch.utils.data import DataLoader, default_collate
 from PIL import Image
 
 from frelon.data.augment import ORDER, preview_online
-from frelon.data.dataset import Batch, CachedSplit, collate, sample_seed
+from frelon.data.dataset import Batch, CachedSplit, RawBatch, collate, sample_seed
 from frelon.errors import FrelonError
 from frelon.tasks.classification import ClassificationTask
+from frelon.train import engine
 
 PRE = {"resize": 32, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 SETTINGS = [[], *[[name] for name in ORDER], list(ORDER)]
@@ -114,6 +115,26 @@ def test_a_whole_batch_equals_its_samples_stacked_bit_for_bit(split, augment):
     assert isinstance(dataset.__getitems__(order), Batch) == (augment != ["mirror", "noise"])
     images, labels = default_collate([dataset[i] for i in order])
     assert torch.equal(built[0], images) and torch.equal(built[1], labels)
+
+
+@pytest.mark.parametrize("augment", [[], ["mirror"]])
+def test_a_uint8_batch_finished_where_it_trains_equals_the_float_batch_bit_for_bit(split, augment):
+    """The training loader hands uint8 images and the mirror draws (a quarter of float32's bytes); the
+    engine mirrors, scales and normalises them on the device, to exactly the batch the host made before."""
+    floats, raw = CachedSplit(split, PRE, augment, seed=3), CachedSplit(split, PRE, augment, seed=3, raw=True)
+    order = [5, 0, 11, 11, 7]
+    for dataset in (floats, raw):
+        dataset.set_epoch(2)
+    batch = collate(raw.__getitems__(order))
+    assert isinstance(batch, RawBatch) and batch.images.dtype == torch.uint8
+    assert batch.mirror.any() == (augment == ["mirror"])
+    images, labels = batch.finish()
+    expected = collate(floats.__getitems__(order))
+    assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
+    channels_last = engine.move(batch, torch.device("cpu"), channels_last=True).finish()[0]
+    assert torch.equal(channels_last, expected[0])
+    loader = DataLoader(raw, 4, num_workers=1, collate_fn=collate)  # through a worker's shared memory
+    assert all(isinstance(b, RawBatch) for b in loader)
 
 
 def test_loader_workers_kept_across_epochs_see_each_epoch(split):

@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
@@ -18,9 +19,28 @@ class Batch(tuple):
     """A batch a dataset built whole (`__getitems__`): `collate` passes it through as it is."""
 
 
+class RawBatch(NamedTuple):
+    """A training batch as it leaves the loader: uint8 images, which to mirror, labels, and the weights'
+    mean and std. `finish`, on the device it has been moved to, makes the network's input: a quarter of
+    the bytes of float32 cross the workers' shared memory and the host-to-GPU copy, and the arithmetic
+    runs on the GPU (a NamedTuple: pinned memory and `engine.move` keep its type)."""
+    images: torch.Tensor
+    mirror: torch.Tensor
+    labels: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised float images, labels): bit-identical to `CachedSplit`'s float batches (tested)."""
+        images = torch.where(self.mirror.view(-1, 1, 1, 1), self.images.flip(-1), self.images)  # no host sync
+        return images.div(255).sub_(self.mean).div_(self.std), self.labels
+
+
 def collate(data):
-    """The DataLoader's collate for datasets that may build their batches whole: a `Batch` as it is,
-    a list of samples through torch's default_collate."""
+    """The DataLoader's collate for datasets that may build their batches whole: a `Batch` or a `RawBatch`
+    as it is, a list of samples through torch's default_collate."""
+    if isinstance(data, RawBatch):
+        return data
     return tuple(data) if isinstance(data, Batch) else default_collate(data)
 
 
@@ -68,7 +88,7 @@ class CachedSplit(SharedEpoch, Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, preprocessing: dict, augment: Sequence[str] = (),
-                 options: dict | None = None, seed: int = 0):
+                 options: dict | None = None, seed: int = 0, raw: bool | None = False):
         blob = torch.load(path, weights_only=True)
         cached = {key: blob.get(key) for key in ("resize", "crop")}
         wanted = {key: preprocessing[key] for key in ("resize", "crop")}
@@ -83,6 +103,7 @@ class CachedSplit(SharedEpoch, Dataset):
         self.std = torch.tensor(std).view(3, 1, 1)
         self.transform = online(augment, options)
         self.seed = seed
+        self.raw = raw  # batches as `RawBatch`, finished where the model is (mirror alone or nothing)
         SharedEpoch.__init__(self)
 
     def __len__(self) -> int:
@@ -101,22 +122,28 @@ class CachedSplit(SharedEpoch, Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.augmented(i) - self.mean) / self.std, self.labels[i]
 
-    def __getitems__(self, indices: list[int]) -> Batch | list:
-        """A whole batch (what a DataLoader asks for; give it `collate`): with no augmentation or
-        mirror alone, the uint8 images are flipped, scaled and normalised into one batch tensor with
-        the same draws and arithmetic as `__getitem__` (bit-identical, tested), instead of a float
-        image per sample stacked afterwards. Other augmentations go sample by sample."""
+    def _mirrored(self, i: int) -> bool:
+        """_Mirror's draw for sample i this epoch: the first of the sample's seeded CPU generator, as
+        `augmented` makes it."""
+        draws = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, i))
+        return bool(torch.rand(1, generator=draws) < self.transform.p)
+
+    def __getitems__(self, indices: list[int]) -> Batch | RawBatch | list:
+        """A whole batch (what a DataLoader asks for; give it `collate`). With no augmentation or mirror
+        alone: with `raw`, the uint8 images gathered and the mirror draws (`RawBatch`, finished on the
+        device); else the uint8 images flipped, scaled and normalised into one batch tensor with the same
+        draws and arithmetic as `__getitem__` (bit-identical, tested), instead of a float image per sample
+        stacked afterwards. Other augmentations go sample by sample."""
         if not (self.transform is None or isinstance(self.transform, _Mirror)):
             return [self[i] for i in indices]
+        index = torch.as_tensor(indices, dtype=torch.long)
+        mirror = [self.transform is not None and self._mirrored(i) for i in indices]
+        if self.raw:
+            images = _batch_tensor((len(indices), *self.images.shape[1:]), torch.uint8)
+            torch.index_select(self.images, 0, index, out=images)
+            return RawBatch(images, torch.tensor(mirror, dtype=torch.bool), self.labels[index], self.mean, self.std)
         out = _batch_tensor((len(indices), *self.images.shape[1:]), torch.float32)
-        draws = torch.Generator()
-        for k, i in enumerate(indices):
-            image = self.images[i]
-            if self.transform is not None:
-                # _Mirror's draw: the first of the sample's seeded CPU generator, as `augmented` makes it
-                draws.manual_seed(sample_seed(self.seed, self.epoch, i))
-                if torch.rand(1, generator=draws) < self.transform.p:
-                    image = image.flip(-1)
-            torch.div(image, 255, out=out[k])
+        for k, (i, flip) in enumerate(zip(indices, mirror)):
+            torch.div(self.images[i].flip(-1) if flip else self.images[i], 255, out=out[k])
         out.sub_(self.mean).div_(self.std)
-        return Batch((out, self.labels[torch.as_tensor(indices, dtype=torch.long)]))
+        return Batch((out, self.labels[index]))

@@ -36,11 +36,12 @@ class ClassificationTask:
 
     def dataset(self, split: str, train: bool = False) -> CachedSplit:
         """`train` augments as data.augment says (absent: ["mirror"], what specs meant before the
-        key existed); evaluation splits are never augmented."""
+        key existed), in uint8 batches that the engine finishes on a GPU (`RawBatch`; `raw` None: the
+        engine decides); evaluation splits are never augmented."""
         data = self.spec["data"]
         return CachedSplit(Path(data["dir"]) / f"{split}.pt", data["preprocessing"],
                            data.get("augment", ["mirror"]) if train else (), data.get("augment_options"),
-                           seed=self.spec["seed"])
+                           seed=self.spec["seed"], raw=None if train else False)
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch

@@ -5,7 +5,8 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from PIL import Image
 
-from frelon.data.augment import ORDER, preview_online
+from frelon.data.augment import ORDER
+from frelon.report.augmentation import preview_online
 from frelon.data.dataset import Batch, CachedSplit, RawBatch, collate, sample_seed
 from frelon.errors import FrelonError
 from frelon.tasks.classification import ClassificationTask

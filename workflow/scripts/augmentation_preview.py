@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from frelon.data.augment import preview_online
+from frelon.report.augmentation import preview_online
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake injects it)
 preview_online(Path(snakemake.input[0]) / "train.pt", snakemake.params.preprocessing,  # noqa: F821

@@ -12,12 +12,20 @@ so nothing leaks into evaluation.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
 
 from frelon.atomic import atomic_dir, torch_save, write_json
 from frelon.errors import FrelonError
+
+
+def sample_seed(*keys: int) -> int:
+    """A 63-bit seed from (seed, epoch, index, ...): the draws of one sample, the same on every rank,
+    worker or machine, and independent of the order samples are read in."""
+    digest = hashlib.blake2b(",".join(map(str, keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 DEFAULTS = {"multiplier": 4, "flip": 0.5, "degrees": 15.0, "translate": 0.1, "scale": [0.9, 1.1],
             "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05, "noise_sigma": 0.03,
@@ -103,8 +111,6 @@ def augment_split(prepared: str | os.PathLike, out_dir: str | os.PathLike, optio
     `multiplier - 1` augmented copies of it; val and test are copied; plus preview.png."""
     import torch
 
-    from frelon.data.dataset import sample_seed
-
     prepared, out_dir = Path(prepared), Path(out_dir)
     if not (prepared / "train.pt").exists():
         raise FrelonError(f"{prepared} has no train.pt: prepare the dataset first (frelon prepare)")
@@ -147,35 +153,3 @@ def preview(augmented, multiplier: int, out: Path, rows: int = 6) -> None:
     n = min(rows, len(augmented) // multiplier)
     grid = make_grid(augmented[: n * multiplier], nrow=multiplier, padding=2, pad_value=255)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out, format="PNG")
-
-
-def preview_online(split_path: str | os.PathLike, preprocessing: dict, names_list: list, out_png: str | os.PathLike,
-                   n: int = 6, seed: int = 0, options: dict | None = None) -> None:
-    """The report's augmentation preview: one row per setting in `names_list` (labelled "none",
-    "all" or the names), the same `n` images, spread over the split, drawn as epoch 0 trains them."""
-    import torch
-    from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
-
-    from frelon.atomic import atomic_path
-    from frelon.data.dataset import CachedSplit
-
-    rows = []
-    for names in names_list:
-        split = CachedSplit(split_path, preprocessing, names, options, seed)
-        picks = torch.linspace(0, len(split) - 1, min(n, len(split))).round().long().unique()
-        rows.append(torch.stack([split.augmented(int(i)) for i in picks]))
-    grid = make_grid(torch.cat(rows), nrow=len(rows[0]), padding=2, pad_value=1.0)
-    tiles = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
-    labels = ["none" if not names else "all" if set(names) == set(ORDER) else "+".join(x for x in ORDER if x in names)
-              for names in names_list]
-    measure = ImageDraw.Draw(tiles)
-    label_width = 8 + max(int(measure.textlength(label)) for label in labels)
-    tile_height = (tiles.height - 2) // len(rows)
-    figure = Image.new("RGB", (label_width + tiles.width, tiles.height), "white")
-    figure.paste(tiles, (label_width, 0))
-    draw = ImageDraw.Draw(figure)
-    for row, label in enumerate(labels):
-        draw.text((4, 2 + row * tile_height + tile_height // 2), label, fill="black", anchor="lm")
-    with atomic_path(out_png) as tmp:
-        figure.save(tmp, format="PNG")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from frelon.data.augment import _Mirror, online
+from frelon.data.augment import _Mirror, online, sample_seed
 from frelon.errors import FrelonError
 
 
@@ -66,13 +65,6 @@ class SharedEpoch:
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
-
-
-def sample_seed(*keys: int) -> int:
-    """A 63-bit seed from (seed, epoch, index, ...): the draws of one sample, the same on every rank,
-    worker or machine, and independent of the order samples are read in."""
-    digest = hashlib.blake2b(",".join(map(str, keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class CachedSplit(SharedEpoch, Dataset):

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from frelon.data.dataset import sample_seed
+from frelon.data.augment import sample_seed
 from frelon.spec import AUGMENT_DEFAULTS
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frelon.data.dataset import sample_seed
+from frelon.data.augment import sample_seed
 from frelon.errors import FrelonError
 from frelon.report.figures import pyplot, save_png
 

@@ -261,9 +261,7 @@ def _restore_finished(task: Task, spec: dict, world: World) -> Trained | None:
     out = Path(spec["output"])
     history = History(out, world.is_main)
     history.restore(record["history"])
-    state = torch.load(model_link, map_location="cpu", weights_only=True)
-    model = task.build_model(pretrained=False, empty=True)
-    model.load_state_dict(state["model"], assign=True)
+    model = with_weights(task, torch.load(model_link, map_location="cpu", weights_only=True)["model"])
     if world.is_main:
         print(f"{out}: trained already ({record_path}); scoring it", flush=True)
         history.write()
@@ -271,6 +269,14 @@ def _restore_finished(task: Task, spec: dict, world: World) -> Trained | None:
             _link_or_copy(model_link, out / "model.pt")
     return Trained(model.to(world.device), history.epochs, record["diverged"], record["precision"],
                    history.train_seconds())
+
+
+def with_weights(task: Task, weights: dict) -> nn.Module:
+    """The task's network holding `weights` (tensors taken, not copied): built on `meta`, since a random
+    initialisation thrown away cost a run of the demo a quarter of a second."""
+    model = task.build_model(pretrained=False, empty=True)
+    model.load_state_dict(weights, assign=True)
+    return model
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -33,19 +33,11 @@ def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) ->
     task = tasks.build(spec)
     model = None
     if not state.get("diverged"):
-        model = _model(task, state["model"])
+        model = engine.with_weights(task, state["model"])
         left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
         if left:
             raise FrelonError(f"{checkpoint} has no values for {left}; retrain it")
     score(task, spec, model, state, out, world)
-
-
-def _model(task, weights: dict) -> torch.nn.Module:
-    """The task's network holding `weights` (tensors taken, not copied): built on `meta`, since a random
-    initialisation thrown away cost a run of the demo a quarter of a second."""
-    model = task.build_model(pretrained=False, empty=True)
-    model.load_state_dict(weights, assign=True)
-    return model
 
 
 def score(task, spec: dict, model: torch.nn.Module | None, state: dict, out: str, world: distributed.World) -> None:
@@ -77,7 +69,7 @@ def train(spec: dict, out: str | None, world: distributed.World) -> None:
         trained = engine.fit(task, spec, world)
         if out:
             # the weights as `evaluate` would load them from model.pt: the same network, the same numbers
-            model = None if trained.diverged else _model(task, trained.model.state_dict())
+            model = None if trained.diverged else engine.with_weights(task, trained.model.state_dict())
             score(task, spec, model, {"diverged": trained.diverged, "train_seconds": trained.train_seconds,
                                       "precision": trained.precision}, out, world)
         engine.finish(spec, world)

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from frelon.atomic import torch_save
-from frelon.data.dataset import RawBatch
 from frelon.errors import FrelonError
 from frelon.models import checkpointing
 from frelon.tasks.base import Task
@@ -76,7 +75,7 @@ def move(batch: Any, device: torch.device, channels_last: bool) -> Any:
     if isinstance(batch, torch.Tensor):
         fmt = torch.channels_last if channels_last and batch.ndim == 4 else torch.preserve_format
         return batch.to(device, non_blocking=True, memory_format=fmt)
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple (RawBatch)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple (a raw batch)
         return type(batch)(*(move(b, device, channels_last) for b in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(move(b, device, channels_last) for b in batch)
@@ -392,7 +391,7 @@ def _fit(task: Task, spec: dict, world: World, preemption: Preemption) -> Traine
             for batch in bar:
                 data_time = time.perf_counter() - tick
                 batch = move(batch, world.device, cfg.get("channels_last", False))
-                if isinstance(batch, RawBatch):  # uint8 images: mirrored and normalised here, on the device
+                if hasattr(batch, "finish"):  # a raw batch (uint8 images): made the network's input here, on the device
                     batch = move(batch.finish(), world.device, cfg.get("channels_last", False))
                 batch_in_epoch += 1
                 boundary = batch_in_epoch % accumulate == 0 or batch_in_epoch == batches_per_epoch

@@ -1,9 +1,10 @@
 """Augmentation with `torchvision.transforms.v2`: offline (seeded, augmented copies of a prepared
-train split, and a preview grid) and online (the engine's train split, one transform at a time).
+train split, and a preview grid) and online (the engine's train split: the same transforms' draws,
+applied to whole batches by `batch_augment`, on the GPU where there is one).
 
 The course's list: mirror, affine (rotation, translation, scale), colour jitter, Gaussian noise
 and random erasing, defined once in `transforms` so that the offline copies and the online study
-use the same transforms; a subset is always applied in the order of `ORDER`, whatever the order it
+draw from the same transforms; a subset is always applied in the order of `ORDER`, whatever the order it
 is named in. Copy `k` of image `i` is drawn from a generator seeded by (seed, i, k) alone, so the
 set is the same whatever the order or the machine. The validation and test splits are copied
 unchanged: only training images are augmented, and the copies of an image stay in the train split,
@@ -49,19 +50,6 @@ def _check_names(names) -> None:
         raise FrelonError(f"augmentation {unknown}: unknown; choose from {list(ORDER)} ([] for none)")
 
 
-class _Mirror:
-    """v2.RandomHorizontalFlip's draw and flip (`torch.rand(1) < p`), without importing torchvision:
-    its import costs a run of the default augmentation 2 s of start-up."""
-
-    def __init__(self, p: float):
-        self.p = p
-
-    def __call__(self, x):
-        import torch
-
-        return x.flip(-1) if torch.rand(1) < self.p else x
-
-
 def transforms(names, options: dict) -> list:
     """The named transforms of a float (3, H, W) image in [0, 1], in the order of `ORDER`;
     `options` holds every setting (DEFAULTS or ONLINE_DEFAULTS, overridden)."""
@@ -89,21 +77,14 @@ def pipeline(options: dict):
                        v2.ToDtype(torch.uint8, scale=True)])
 
 
-def online(names, options: dict | None = None):
-    """The online transform of a float image in [0, 1] (None for no augmentation), with
-    `options` overriding ONLINE_DEFAULTS."""
+def online(names, options: dict | None = None) -> tuple[list[str], dict]:
+    """The online augmentation's transforms (named, in the order of `ORDER`) and settings, `options`
+    overriding ONLINE_DEFAULTS; `batch_augment` applies them to whole batches."""
     unknown = sorted(set(options or {}) - set(ONLINE_DEFAULTS))
     if unknown:
         raise FrelonError(f"augment_options {unknown}: unknown; the settings are {sorted(ONLINE_DEFAULTS)}")
     _check_names(names)
-    o = {**ONLINE_DEFAULTS, **(options or {})}
-    if not names:
-        return None
-    if set(names) == {"mirror"}:
-        return _Mirror(o["flip"])
-    from torchvision.transforms import v2
-
-    return v2.Compose(transforms(names, o))
+    return [name for name in ORDER if name in names], {**ONLINE_DEFAULTS, **(options or {})}
 
 
 def augment_split(prepared: str | os.PathLike, out_dir: str | os.PathLike, options: dict, seed: int) -> dict:

@@ -10,7 +10,9 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from frelon.data.augment import _Mirror, online, sample_seed
+from frelon.data import batch_augment
+from frelon.data.augment import online, sample_seed
+from frelon.data.batch_augment import Draws
 from frelon.errors import FrelonError
 
 
@@ -19,20 +21,34 @@ class Batch(tuple):
 
 
 class RawBatch(NamedTuple):
-    """A training batch as it leaves the loader: uint8 images, which to mirror, labels, and the weights'
-    mean and std. `finish`, on the device it has been moved to, makes the network's input: a quarter of
-    the bytes of float32 cross the workers' shared memory and the host-to-GPU copy, and the arithmetic
-    runs on the GPU (a NamedTuple: pinned memory and `engine.move` keep its type)."""
+    """A training batch as it leaves the loader: uint8 images, each sample's augmentation parameters
+    (`Draws`), labels, and the weights' mean and std. `finish`, on the device it has been moved to, makes
+    the network's input: a quarter of the bytes of float32 cross the workers' shared memory and the
+    host-to-GPU copy, and the augmentation and arithmetic run on the GPU (a NamedTuple: pinned memory
+    and `engine.move` keep its type)."""
     images: torch.Tensor
-    mirror: torch.Tensor
+    draws: Draws
     labels: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised float images, labels): bit-identical to `CachedSplit`'s float batches (tested)."""
-        images = torch.where(self.mirror.view(-1, 1, 1, 1), self.images.flip(-1), self.images)  # no host sync
-        return images.div(255).sub_(self.mean).div_(self.std), self.labels
+        """(augmented, normalised float images, labels): with mirror alone or nothing, bit-identical to
+        the float batches `CachedSplit` makes on the host (tested)."""
+        return batch_augment.apply(self.images, self.draws).sub_(self.mean).div_(self.std), self.labels
+
+
+def loader_workers(setting: int | str, dataset, device: torch.device) -> int:
+    """Loader worker processes for `train.workers` (a number, or `auto`). auto: none on the CPU (the
+    training's threads use every core, and the per-sample work is small beside a CPU step); on a GPU,
+    the rank's share of this process's CPUs less its own, at most what the dataset's host work can use
+    (`host_workers`: a few for gathering uint8 images, every one for decoding and warping JPEGs)."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(0, min(cpus - 1, getattr(dataset, "host_workers", cpus)))
 
 
 def collate(data):
@@ -73,7 +89,8 @@ class CachedSplit(SharedEpoch, Dataset):
     augment.ONLINE_DEFAULTS), then normalised with the weights' mean/std.
 
     Every random draw of sample i at epoch e comes from the global generator reseeded with
-    (seed, e, i) inside `fork_rng`, not from a process-wide stream: an image gets the same
+    (seed, e, i) inside `fork_rng` (its noise from a generator seeded with (seed, e, i, 1), where the
+    batch is finished), not from a process-wide stream: an image gets the same
     augmentation whichever rank or worker loads it, and a run resumed mid-epoch sees exactly the
     images the uninterrupted run saw. Mirror comes first and its draw is the first from that
     seed, so ["mirror"] flips exactly the images the earlier flip-only implementation flipped.
@@ -93,47 +110,61 @@ class CachedSplit(SharedEpoch, Dataset):
         self.classes: list[str] = blob["classes"]
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
-        self.transform = online(augment, options)
+        self.augment, options = online(augment, options)
+        self.flip = options["flip"]
+        # mirror alone draws one number a sample without torchvision (its import costs a run 2 s);
+        # other transforms draw torchvision's parameters
+        self.drawer = (batch_augment.Drawer(self.augment, options, *self.images.shape[-2:])
+                       if set(self.augment) - {"mirror"} else None)
         self.seed = seed
-        self.raw = raw  # batches as `RawBatch`, finished where the model is (mirror alone or nothing)
+        self.raw = raw  # batches as `RawBatch`, finished where the model is
         SharedEpoch.__init__(self)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def host_workers(self) -> int:
+        """Loader workers that keep a GPU fed with this split's uint8 batches (`loader_workers`): gathering
+        takes one or two; the draws of the transforms other than mirror, 0.02-0.1 ms a sample, a few more."""
+        return 4 if self.drawer is not None else 2
+
+    def draws(self, indices: list[int]) -> Draws:
+        """This epoch's augmentation parameters of the samples `indices`."""
+        if self.drawer is not None:
+            return self.drawer.batch([sample_seed(self.seed, self.epoch, i) for i in indices],
+                                     [sample_seed(self.seed, self.epoch, i, batch_augment.NOISE_KEY) for i in indices])
+        mirror = torch.tensor([self._mirrored(i) for i in indices]) if self.augment else None
+        return Draws(mirror, None, None, None, False, None, 0.0, None)
+
     def augmented(self, i: int) -> torch.Tensor:
         """Image i as float in [0, 1], augmented with this epoch's draws for it (the preview's view)."""
-        x = self.images[i].float() / 255
-        if self.transform is None:
-            return x
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed would also reseed CUDA's, the training's
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
-            return self.transform(x)
+        return batch_augment.apply(self.images[i:i + 1], self.draws([i]))[0]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.augmented(i) - self.mean) / self.std, self.labels[i]
 
     def _mirrored(self, i: int) -> bool:
-        """_Mirror's draw for sample i this epoch: the first of the sample's seeded CPU generator, as
-        `augmented` makes it."""
+        """The mirror's draw for sample i this epoch: the first of the sample's seeded CPU generator, as
+        `v2.RandomHorizontalFlip` makes it."""
         draws = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, i))
-        return bool(torch.rand(1, generator=draws) < self.transform.p)
+        return bool(torch.rand(1, generator=draws) < self.flip)
 
-    def __getitems__(self, indices: list[int]) -> Batch | RawBatch | list:
-        """A whole batch (what a DataLoader asks for; give it `collate`). With no augmentation or mirror
-        alone: with `raw`, the uint8 images gathered and the mirror draws (`RawBatch`, finished on the
-        device); else the uint8 images flipped, scaled and normalised into one batch tensor with the same
-        draws and arithmetic as `__getitem__` (bit-identical, tested), instead of a float image per sample
-        stacked afterwards. Other augmentations go sample by sample."""
-        if not (self.transform is None or isinstance(self.transform, _Mirror)):
-            return [self[i] for i in indices]
+    def __getitems__(self, indices: list[int]) -> Batch | RawBatch:
+        """A whole batch (what a DataLoader asks for; give it `collate`): the uint8 images gathered and
+        each sample's draws. With `raw`, as they are (`RawBatch`, finished on the device); else finished
+        here, in the loader worker. With no augmentation or mirror alone, the images are flipped, scaled
+        and normalised straight into one batch tensor (in a worker's shared memory, so that handing it
+        over copies nothing), with the arithmetic of `__getitem__` (bit-identical, tested)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        mirror = [self.transform is not None and self._mirrored(i) for i in indices]
         if self.raw:
             images = _batch_tensor((len(indices), *self.images.shape[1:]), torch.uint8)
             torch.index_select(self.images, 0, index, out=images)
-            return RawBatch(images, torch.tensor(mirror, dtype=torch.bool), self.labels[index], self.mean, self.std)
+            return RawBatch(images, self.draws(indices), self.labels[index], self.mean, self.std)
+        if self.drawer is not None:
+            return Batch(RawBatch(self.images[index], self.draws(indices), self.labels[index], self.mean,
+                                  self.std).finish())
+        mirror = [bool(self.augment) and self._mirrored(i) for i in indices]
         out = _batch_tensor((len(indices), *self.images.shape[1:]), torch.float32)
         for k, (i, flip) in enumerate(zip(indices, mirror)):
             torch.div(self.images[i].flip(-1) if flip else self.images[i], 255, out=out[k])

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import yaml
+from PIL import Image
 
 from conftest import REPO
 from frelon import spec as frelon_spec
@@ -55,3 +56,22 @@ def detection_spec(prepared: Path, out: Path, **train) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(json.dumps(spec))
     return spec
+
+
+def prepared_pictures(root: Path, pictures: list[tuple[Image.Image, list[list[float]], list[int]]],
+                      suffix: str = ".jpg") -> Path:
+    """A prepared detection set whose train and val splits both hold `pictures`: (image, XYWH boxes,
+    category ids from 1..3), saved as `suffix` files (JPEG at quality 95)."""
+    root.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i, (image, boxes, categories) in enumerate(pictures):
+        image.save(root / f"{i:04d}{suffix}", quality=95)
+        images.append({"id": i + 1, "file_name": f"{i:04d}{suffix}", "width": image.width, "height": image.height})
+        annotations += [{"id": len(annotations) + 1, "image_id": i + 1, "category_id": category, "bbox": box,
+                         "area": box[2] * box[3], "iscrowd": 0} for box, category in zip(boxes, categories)]
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": f"class{c}"} for c in (1, 2, 3)]}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    (root / "splits.json").write_text(json.dumps({split: {"annotations": "annotations.json", "images": str(root)}
+                                                  for split in ("train", "val")}))
+    return root

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from frelon.errors import FrelonError
-from frelon.tasks.detection.targets import build_targets, draw_gaussian, gaussian_kernel, gaussian_radius
+from frelon.tasks.detection.targets import (build_targets, build_targets_batch, draw_gaussian, gaussian_kernel,
+                                           gaussian_radius)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def iou_of_each_case(h: float, w: float, r: float) -> tuple[float, float, float]:
@@ -94,3 +97,62 @@ def test_a_box_with_no_area_on_the_grid_is_skipped_and_counted():
     assert targets["skipped"] == 2 and targets["skipped"].dtype == torch.int64
     assert targets["mask"].tolist() == [0, 0, 1]
     assert targets["heatmap"].eq(1).sum() == 1
+
+
+def test_the_radius_of_many_boxes_at_once_is_each_ones():
+    rng = random.Random(1)
+    sizes = [(rng.uniform(0.5, 300), rng.uniform(0.5, 300)) for _ in range(500)] + [(1, 1), (1, 128), (128, 128)]
+    for t in (0.3, 0.7):
+        many = gaussian_radius(*torch.tensor(sizes, dtype=torch.float64).T, t)
+        assert many.dtype == torch.float64
+        assert many.tolist() == [gaussian_radius(h, w, t) for h, w in sizes]
+
+
+def random_boxes(generator: torch.Generator, batch: int, slots: int, size: int) -> torch.Tensor:
+    """XYXY boxes of every kind: inside, cut by the border, off the input, tiny, as large as the input."""
+    xy = torch.rand(batch, slots, 2, generator=generator) * (size + 40) - 20
+    wh = torch.rand(batch, slots, 2, generator=generator) ** 3 * size * 1.2
+    boxes = torch.cat([xy, xy + wh], -1)
+    boxes[0, 0] = torch.tensor([0.0, 0.0, size, size])  # the largest radius
+    boxes[0, 1] = torch.tensor([5.0, 6.0, 6.5, 7.0])  # radius 0
+    boxes[0, 2] = torch.tensor([9.0, 3.0, 9.0, 30.0])  # no width: skipped
+    boxes[1, :2] = torch.tensor([[8.0, 8.0, 60.0, 56.0], [14.0, 10.0, 66.0, 62.0]])  # overlapping, one class below
+    return boxes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size, num_classes, min_overlap", [(128, 3, 0.7), (96, 1, 0.3), (64, 5, 0.95)])
+def test_a_batchs_targets_are_each_images_build_targets(device, size, num_classes, min_overlap):
+    generator = torch.Generator().manual_seed(size)
+    batch, slots, max_objects = 6, 9, 12
+    boxes = random_boxes(generator, batch, slots, size)
+    labels = torch.randint(0, num_classes, (batch, slots), generator=generator)
+    labels[1, :2] = 0
+    counts = torch.tensor([slots, 2, 0, 5, 9, 1])
+    valid = torch.arange(slots) < counts[:, None]
+    got = build_targets_batch(boxes.to(device), labels.to(device), valid.to(device), num_classes, (size, size),
+                              max_objects=max_objects, min_overlap=min_overlap)
+    assert all(v.device.type == device for v in got.values())
+    for b in range(batch):
+        n = int(counts[b])
+        expected = build_targets(boxes[b, :n], labels[b, :n], num_classes, (size, size), max_objects=max_objects,
+                                 min_overlap=min_overlap)
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            assert got[key][b].dtype == value.dtype and got[key][b].shape == value.shape, key
+            assert torch.allclose(got[key][b].cpu().double(), value.double(), atol=1e-6, rtol=0), (key, b)
+    assert got["skipped"][0] >= 1 and got["heatmap"][1].eq(1).sum() == 2
+
+
+def test_a_batch_without_objects_and_its_errors():
+    empty = build_targets_batch(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.int64),
+                                torch.zeros(2, 0, dtype=torch.bool), 2, (32, 32), max_objects=4)
+    assert empty["heatmap"].shape == (2, 2, 8, 8) and empty["heatmap"].eq(0).all() and empty["mask"].eq(0).all()
+    assert empty["index"].shape == (2, 4) and empty["skipped"].tolist() == [0, 0]
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0]]).repeat(1, 5, 1)
+    with pytest.raises(FrelonError, match="5 objects.*max_objects=4"):
+        build_targets_batch(boxes, torch.zeros(1, 5, dtype=torch.int64), torch.ones(1, 5, dtype=torch.bool), 1,
+                            (32, 32), max_objects=4)
+    with pytest.raises(FrelonError, match="not divisible by the output stride 4"):
+        build_targets_batch(boxes[:, :1], torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool),
+                            1, (30, 32))

@@ -1,15 +1,28 @@
-"""Detection data in the real layouts: VOC tars -> COCO JSON (box by box), COCO zips, COCO mAP."""
+"""Detection data in the real layouts: VOC tars -> COCO JSON (box by box), COCO zips, COCO mAP; and a split as
+CenterNet trains on it (augmented batches, finished on the device) and is scored on it."""
 
 import json
 import random
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import functional as F
 
-from detection_fixtures import coco_folder, voc_devkit
+from detection_fixtures import coco_folder, prepared_pictures, voc_devkit
 from frelon.data import coco, voc
 from frelon.data.demo_detection import COCO_CATEGORIES
+from frelon.data.transforms import apply, detection_transform, draw_augmentation, training_matrix, warp_image
 from frelon.evaluate.detection import STATS, coco_eval, coco_summary, coco_tables
+from frelon.spec import DETECTION_DEFAULTS
+from frelon.tasks.detection.data import DetectionBatch, DetectionSet, collate
+from frelon.tasks.detection.targets import build_targets
+from frelon.train.engine import move
+
+PREPROCESSING = {"input_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+SETTINGS = {**DETECTION_DEFAULTS, "max_objects": 8}
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +145,115 @@ def test_prepare_voc_and_coco_write_the_splits_and_a_report(devkit, coco_root, t
         assert not (tmp_path / "coco2").exists()
     finally:
         (tmp_path / "moved.jpg").rename(coco_root / "val2017" / "000000000017.jpg")
+
+
+def squares(count: int, seed: int = 0) -> list[tuple[Image.Image, list[list[float]], list[int]]]:
+    """Pictures of assorted sizes, each with one to three bright squares on dark noise, and their boxes."""
+    rng = random.Random(seed)
+    pictures = []
+    for _ in range(count):
+        width, height = rng.randint(50, 140), rng.randint(40, 110)
+        noise = torch.Generator().manual_seed(seed)
+        pixels = torch.randint(0, 40, (3, height, width), dtype=torch.uint8, generator=noise)
+        boxes = []
+        for _ in range(rng.randint(1, 3)):
+            side = rng.randint(8, 30)
+            x, y = rng.randint(0, width - side), rng.randint(0, height - side)
+            pixels[:, y:y + side, x:x + side] = torch.tensor([rng.randint(180, 255) for _ in range(3)]).view(3, 1, 1)
+            boxes.append([float(x), float(y), float(side), float(side)])
+        pictures.append((F.to_pil_image(pixels), boxes, [rng.randint(1, 3) for _ in boxes]))
+    return pictures
+
+
+@pytest.fixture(scope="module")
+def squares_set(tmp_path_factory):
+    return prepared_pictures(tmp_path_factory.mktemp("squares"), squares(12))
+
+
+def training_set(root, raw=True, seed=0, epoch=3, **augment) -> DetectionSet:
+    dataset = DetectionSet(root, "train", PREPROCESSING, {**SETTINGS, "augment": augment}, train=True, seed=seed,
+                           raw=raw)
+    dataset.set_epoch(epoch)
+    return dataset
+
+
+def test_a_training_batch_carries_warped_uint8_images_and_finish_makes_the_input_and_each_images_targets(squares_set):
+    dataset = training_set(squares_set, translate=0.4)
+    batch = collate(dataset.__getitems__(list(range(12))))
+    assert isinstance(batch, DetectionBatch) and batch.images.shape == (12, 3, 64, 64)
+    assert batch.images.dtype == torch.uint8 and set(batch.colour) == {"brightness", "contrast", "saturation"}
+    assert batch.boxes.shape[:2] == batch.labels.shape == batch.valid.shape and batch.boxes.shape[1] <= 3
+    for b in range(12):  # the boxes frame the bright squares
+        for x0, y0, x1, y1 in batch.boxes[b, batch.valid[b]].round().int().tolist():
+            if x1 - x0 > 4 and y1 - y0 > 4:
+                assert batch.images[b, :, y0 + 2:y1 - 2, x0 + 2:x1 - 2].float().mean() > 150
+    batch = move(batch, torch.device("cpu"), channels_last=True)  # as the engine has it, then finishes it
+    images, targets = batch.finish()
+    assert images.shape == (12, 3, 64, 64) and images.dtype == torch.float32
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert batch.dropped.sum() > 0 and torch.equal(targets["dropped"], batch.dropped)
+    for b in range(12):
+        one = build_targets(batch.boxes[b, batch.valid[b]], batch.labels[b, batch.valid[b]], dataset.num_classes,
+                            (64, 64), max_objects=8, min_overlap=SETTINGS["min_overlap"])
+        for key, value in one.items():
+            assert torch.allclose(targets[key][b].double(), value.double(), atol=1e-6, rtol=0), key
+    unjittered = training_set(squares_set, translate=0.4, brightness=0, contrast=0, saturation=0)
+    plain = unjittered.__getitems__([0, 1])
+    assert plain.colour == {} and torch.equal(plain.images, batch.images[:2])  # colour settings: the batch's work
+    mean, std = torch.tensor(PREPROCESSING["mean"]).view(3, 1, 1), torch.tensor(PREPROCESSING["std"]).view(3, 1, 1)
+    assert torch.allclose(plain.finish()[0], (plain.images / 255 - mean) / std, atol=1e-6)
+
+
+def test_a_sample_is_the_same_in_any_batch_on_any_worker_and_in_a_resumed_run(squares_set):
+    dataset = training_set(squares_set)
+    whole = dataset.__getitems__(list(range(12)))
+    loader = DataLoader(training_set(squares_set), batch_size=4, sampler=[7, 2, 11, 0, 5, 9, 1, 3],
+                        num_workers=2, collate_fn=collate)
+    order = [7, 2, 11, 0, 5, 9, 1, 3]
+    for k, batch in enumerate(loader):
+        for slot, i in enumerate(order[4 * k:4 * k + 4]):
+            assert torch.equal(batch.images[slot], whole.images[i])
+            n = int(batch.valid[slot].sum())
+            assert n == int(whole.valid[i].sum())
+            assert torch.equal(batch.boxes[slot, :n], whole.boxes[i, :n])
+            assert torch.equal(batch.labels[slot, :n], whole.labels[i, :n])
+            assert all(torch.equal(batch.colour[name][slot], whole.colour[name][i]) for name in whole.colour)
+    resumed = training_set(squares_set).__getitems__([4])  # a new process's set, at the same epoch
+    assert torch.equal(resumed.images[0], whole.images[4])
+    assert torch.equal(resumed.boxes[0], whole.boxes[4, :len(resumed.boxes[0])])
+    assert not torch.equal(training_set(squares_set, epoch=4).__getitems__([4]).images[0], whole.images[4])
+    assert not torch.equal(training_set(squares_set, seed=1).__getitems__([4]).images[0], whole.images[4])
+
+
+def test_without_raw_the_loader_finishes_the_batch_itself_alike(squares_set):
+    raw = training_set(squares_set).__getitems__([3, 8, 1])
+    images, targets = collate(training_set(squares_set, raw=False).__getitems__([3, 8, 1]))
+    finished = raw.finish()
+    assert torch.equal(images, finished[0])
+    assert targets.keys() == finished[1].keys() and all(torch.equal(targets[k], finished[1][k]) for k in targets)
+
+
+def test_evaluation_samples_are_the_letterboxed_normalised_image_and_its_index(squares_set):
+    dataset = DetectionSet(squares_set, "val", PREPROCESSING, SETTINGS)
+    mean, std = torch.tensor(PREPROCESSING["mean"]).view(3, 1, 1), torch.tensor(PREPROCESSING["std"]).view(3, 1, 1)
+    image, index = dataset[5]
+    letterboxed, _ = apply(detection_transform(dataset.letterbox(5)), dataset.read_pil(5), [], [], 0, 0, 5)
+    assert index == 5 and torch.equal(image, (letterboxed - mean) / std)
+    images, indices = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate)))
+    assert images.shape == (3, 3, 64, 64) and indices == [0, 1, 2] and torch.equal(images[0], dataset[0][0])
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduction_and_warped_as_the_full_picture(tmp_path):
+    pixels = torch.zeros(3, 1200, 1600, dtype=torch.uint8)
+    pixels[:, 300:700, 400:1000] = 220
+    root = prepared_pictures(tmp_path, [(F.to_pil_image(pixels), [[400.0, 300.0, 600.0, 400.0]], [2])])
+    dataset = training_set(root)
+    augmentation = draw_augmentation(dataset.augment, dataset.seed, dataset.epoch, 0)
+    matrix = training_matrix(dataset.letterbox(0), augmentation)
+    reduced, reduction = dataset._decode(0, scale=float(matrix[:, :2].abs().max()))
+    assert reduction == 8 and reduced.size == (200, 150)
+    full = warp_image(dataset.read_pil(0), matrix, 64).float()
+    batch = dataset.__getitems__([0])
+    assert (batch.images[0].float() - full).abs().mean() < 2
+    x0, y0, x1, y1 = batch.boxes[0, 0].round().int().tolist()
+    assert batch.images[0, :, y0 + 1:y1 - 1, x0 + 1:x1 - 1].float().mean() > 200

@@ -1,28 +1,34 @@
 """A split of a prepared detection set (COCO JSON + images) as CenterNet trains on it and is scored on it.
 
-`data/prepared/{voc,coco}/splits.json` says where each split's annotations and images are. Each
-image is letterboxed into the square input (aspect ratio kept) and, for training, augmented and
-turned into CenterNet's targets; for evaluation the sample is the image and its index, and
-`letterbox(i)` maps predictions back to the image's own pixels.
+`data/prepared/{voc,coco}/splits.json` says where each split's annotations and images are. For
+evaluation a sample is the image letterboxed into the square input (aspect ratio kept), normalised, and
+its index; `letterbox(i)` maps predictions back to the image's own pixels. For training, the loader's
+workers decode each image, warp it once (letterbox, zoom, shift, flip) and move its boxes alike; the
+batch (`DetectionBatch`) then gets its colour jitter, normalisation and CenterNet's targets on the GPU
+when the network trains on one (`raw`), else in the workers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
-from torchvision.transforms.v2.functional import pil_to_tensor
+from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
 
 from frelon.data.coco import training_targets
-from frelon.data.dataset import SharedEpoch
-from frelon.data.transforms import Letterbox, apply, detection_transform
+from frelon.data.dataset import Batch, SharedEpoch, _batch_tensor
+from frelon.data.transforms import (COLOUR, Letterbox, apply, augmentation_options, detection_transform,
+                                    draw_augmentation, jitter_colour, training_matrix, warp_boxes, warp_image)
 from frelon.errors import FrelonError
 from frelon.models.centernet import CenterNet
-from frelon.tasks.detection.targets import build_targets
+from frelon.tasks.detection.targets import build_targets_batch
 
 
 def split_files(prepared: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -37,11 +43,51 @@ def split_files(prepared: str | os.PathLike, split: str) -> tuple[Path, Path]:
     return Path(prepared) / splits[split]["annotations"], Path(splits[split]["images"])
 
 
+class DetectionBatch(NamedTuple):
+    """A training batch as it leaves the loader: the augmented images (uint8), their boxes (XYXY, input
+    pixels; K slots, as many as the batch's most crowded image has objects) and labels, which slots hold an
+    object, how many boxes the augmentation dropped, each image's colour factors (for the operations the
+    settings switch on), and what `finish` needs. `finish`, on the device the engine has moved the batch to,
+    makes the network's input and CenterNet's targets there: a quarter of the bytes of float images and no
+    heatmaps cross the workers' shared memory and the host-to-GPU copy (a NamedTuple: pinned memory and
+    `engine.move` keep its type)."""
+
+    images: torch.Tensor  # (B, 3, S, S) uint8
+    boxes: torch.Tensor  # (B, K, 4) float32
+    labels: torch.Tensor  # (B, K) int64
+    valid: torch.Tensor  # (B, K) bool
+    dropped: torch.Tensor  # (B,) int64
+    colour: dict[str, torch.Tensor]  # operation of COLOUR -> (B,) factors
+    mean: torch.Tensor  # (3, 1, 1)
+    std: torch.Tensor
+    num_classes: int
+    max_objects: int
+    min_overlap: float
+
+    def finish(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(normalised float images, targets): the colour jitter and normalisation of the whole batch, and
+        its targets (`build_targets_batch`), with the dropped boxes that the loss statistics count."""
+        images = to_dtype(self.images, torch.float32, scale=True)  # as the evaluation's ToDtype
+        # a GPU takes the batch whole; a CPU an image at a time, in place: a batch of float images outgrows
+        # its caches, and each colour step would stream it through memory again (1.7x the time at 512 px)
+        step = len(images) if images.device.type != "cpu" else 1
+        for start, part in zip(range(0, len(images), step), images.split(step)):
+            jittered = jitter_colour(part, {name: f[start:start + step] for name, f in self.colour.items()})
+            if jittered is not part:
+                part.copy_(jittered)
+            part.sub_(self.mean).div_(self.std)
+        targets = build_targets_batch(self.boxes, self.labels, self.valid, self.num_classes,
+                                      tuple(images.shape[-2:]), stride=CenterNet.stride,
+                                      max_objects=self.max_objects, min_overlap=self.min_overlap)
+        return images, {**targets, "dropped": self.dropped}
+
+
 class DetectionSet(SharedEpoch, Dataset):
-    """Images of one split, normalised with the weights' mean/std; targets for training."""
+    """Images of one split: for evaluation normalised with the weights' mean/std, sample by sample; for
+    training augmented, in whole batches (`__getitems__`: give the loader `collate`)."""
 
     def __init__(self, prepared: str | os.PathLike, split: str, preprocessing: dict, settings: dict,
-                 train: bool = False, seed: int = 0):
+                 train: bool = False, seed: int = 0, raw: bool | None = None):
         self.annotations, self.image_root = split_files(prepared, split)
         self.categories, images = training_targets(self.annotations)
         self.ids = sorted(images)
@@ -50,6 +96,10 @@ class DetectionSet(SharedEpoch, Dataset):
         self.mean = torch.tensor(preprocessing["mean"]).view(3, 1, 1)
         self.std = torch.tensor(preprocessing["std"]).view(3, 1, 1)
         self.settings, self.train, self.seed = settings, train, seed
+        # training batches as `DetectionBatch`, finished where the model is; else finished in the loader's
+        # workers, in parallel with training (None: the engine decides, by its device)
+        self.raw = raw
+        self.augment = augmentation_options(settings.get("augment"))
         SharedEpoch.__init__(self)
         crowded = train and next((im for im in self.images if len(im["labels"]) > settings["max_objects"]), None)
         if crowded:
@@ -72,36 +122,77 @@ class DetectionSet(SharedEpoch, Dataset):
 
     def read_pil(self, i: int) -> Image.Image:
         """The image as an RGB PIL image, checked against the size its annotations give."""
+        return self._decode(i)[0]
+
+    def _decode(self, i: int, scale: float = 1.0) -> tuple[Image.Image, int]:
+        """The image as an RGB PIL image, checked against the size its annotations give, and by how much it
+        was reduced: a JPEG needed at `scale` <= 1/2 of its size is decoded at 1/2, 1/4 or 1/8 of it,
+        the largest of libjpeg's reductions that keeps at least `scale` (a photo many times the input's
+        size then costs a fraction of its full decoding, and the reduction filters it properly)."""
         info = self.images[i]
         path = self.image_root / info["file_name"]
         if not path.exists():
             raise FrelonError(f"{path} is missing ({self.annotations} lists it); extract the dataset completely "
                               f"and prepare it again")
         with Image.open(path) as opened:  # pixels as stored: the annotations refer to them, not to EXIF's turn
-            image = opened.convert("RGB")
-        if (image.height, image.width) != (info["height"], info["width"]):
-            raise FrelonError(f"{path} is {image.width}x{image.height} but {self.annotations} says "
-                              f"{info['width']}x{info['height']}; the image and its annotations do not match")
-        return image
+            if (opened.height, opened.width) != (info["height"], info["width"]):
+                raise FrelonError(f"{path} is {opened.width}x{opened.height} but {self.annotations} says "
+                                  f"{info['width']}x{info['height']}; the image and its annotations do not match")
+            drafted = scale <= 0.5 and opened.draft("RGB", (math.ceil(opened.width * scale),
+                                                            math.ceil(opened.height * scale)))
+            reduction = round(info["width"] / drafted[1][2]) if drafted else 1
+            return opened.convert("RGB"), reduction
+
+    def augmented(self, i: int, out: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Training image i with this epoch's draws for it: uint8 (3, S, S) (written into `out` if given),
+        and its target: `boxes` (XYXY), `labels`, `dropped` (boxes the augmentation pushed out of the
+        picture) and `colour` (the factors of COLOUR, applied on the batch)."""
+        info = self.images[i]
+        augmentation = draw_augmentation(self.augment, self.seed, self.epoch, i)
+        matrix = training_matrix(self.letterbox(i), augmentation)
+        image, reduction = self._decode(i, scale=float(matrix[:, :2].abs().max()))
+        to_decoded = torch.tensor([reduction, reduction, 1], dtype=matrix.dtype)  # decoded pixel -> image pixels
+        warped = warp_image(image, matrix * to_decoded, self.size, out)
+        boxes, labels, dropped = warp_boxes(info["boxes"], info["labels"], matrix, self.size)
+        return warped, {"boxes": boxes, "labels": labels, "dropped": dropped,
+                        "colour": torch.tensor(augmentation.colour, dtype=torch.float32)}
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict | int]:
-        info = self.images[i]
-        transform = detection_transform(self.letterbox(i), self.train, self.settings.get("augment"))
-        image, target = apply(transform, self.read_pil(i), info["boxes"], info["labels"], self.seed, self.epoch, i)
-        image = (image - self.mean) / self.std
+        """Evaluation: (normalised float image, i). Training: `augmented(i)`."""
+        if self.train:
+            return self.augmented(i)
+        image, _ = apply(detection_transform(self.letterbox(i)), self.read_pil(i), [], [], self.seed, self.epoch, i)
+        return (image - self.mean) / self.std, i
+
+    def __getitems__(self, indices: list[int]) -> DetectionBatch | Batch | list:
+        """A loader's batch. For training a `DetectionBatch` (each image warped straight into the batch
+        tensor, in shared memory in a loader worker), finished (normalised images and targets) unless `raw`;
+        for evaluation the samples."""
         if not self.train:
-            return image, i
-        targets = build_targets(target["boxes"], target["labels"], self.num_classes, (self.size, self.size),
-                                stride=CenterNet.stride, max_objects=self.settings["max_objects"],
-                                min_overlap=self.settings["min_overlap"])
-        targets["dropped"] = torch.tensor(target["dropped"])
-        return image, targets
+            return [self[i] for i in indices]
+        batch = self._batch(indices)
+        return batch if self.raw else Batch(batch.finish())
+
+    def _batch(self, indices: list[int]) -> DetectionBatch:
+        """The training images `indices`, augmented, their boxes padded to the most any of them has."""
+        images = _batch_tensor((len(indices), 3, self.size, self.size), torch.uint8)
+        targets = [self.augmented(i, out=image)[1] for i, image in zip(indices, images)]
+        counts = torch.tensor([len(t["labels"]) for t in targets])
+        boxes = pad_sequence([t["boxes"] for t in targets], batch_first=True)
+        labels = pad_sequence([t["labels"] for t in targets], batch_first=True)
+        colour = torch.stack([t["colour"] for t in targets])
+        return DetectionBatch(images, boxes, labels, torch.arange(labels.shape[1]) < counts[:, None],
+                              torch.tensor([t["dropped"] for t in targets]),
+                              {name: colour[:, k] for k, name in enumerate(COLOUR) if self.augment[name]},
+                              self.mean, self.std, self.num_classes, self.settings["max_objects"],
+                              self.settings["min_overlap"])
 
 
-def collate(samples: list[tuple[torch.Tensor, dict | int]]) -> tuple[torch.Tensor, dict | list[int]]:
-    """Stack images; stack each target tensor (training) or list the indices (evaluation)."""
-    images = torch.stack([s[0] for s in samples])
-    if isinstance(samples[0][1], dict):
-        return images, {key: torch.stack([s[1][key] for s in samples]) for key in samples[0][1]}
-    return images, [s[1] for s in samples]
-
+def collate(data: DetectionBatch | Batch | list[tuple[torch.Tensor, int]]) -> tuple:
+    """The loader's collate: a training batch (built whole by `DetectionSet.__getitems__`) as it is;
+    evaluation samples as the stacked images and the list of their indices."""
+    if isinstance(data, DetectionBatch):
+        return data
+    if isinstance(data, Batch):
+        return tuple(data)
+    return torch.stack([s[0] for s in data]), [s[1] for s in data]

@@ -92,8 +92,10 @@ def run_nodes(wildcards):
 
 
 def run_cpus_per_gpu(wildcards):
-    """CPUs per GPU (per rank) a run asks SLURM for: the rank's own, and one per loader worker."""
-    return run_spec(wildcards)["train"]["workers"] + 1
+    """CPUs per GPU (per rank) a run asks SLURM for: the rank's own, and one per loader worker (with
+    `workers: auto`, a typical GPU's share of a node; the rank then uses what it was given)."""
+    workers = run_spec(wildcards)["train"]["workers"]
+    return frelon_spec.AUTO_CPUS_PER_RANK if workers == "auto" else workers + 1
 
 
 def run_machine(wildcards):

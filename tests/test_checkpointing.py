@@ -89,6 +89,106 @@ def test_exact_for_resnet34_other_norms_and_under_autocast(arch, norm, precision
         torch.testing.assert_close(buffers_c[name], buffers[name], rtol=0, atol=0, msg=name)
 
 
+def steps(policy, backend=None, count=2):
+    """Loss, gradients and buffers after each of `count` SGD steps (momentum, so the second step's
+    weights depend on the first's gradients) on fixed batches; compiled whole with `backend` unless None."""
+    torch._dynamo.reset()  # a fresh compile: no model's graphs or recompilation budget shared with another
+    torch.manual_seed(0)
+    model = checkpointing.apply(ResNet("resnet18", num_classes=3), policy).train()
+    net = model if backend is None else torch.compile(model, backend=backend, fullgraph=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    results = []
+    for _ in range(count):
+        x, y = torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), generator=g)
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()},
+                        {n: b.clone() for n, b in model.named_buffers()}))
+        optimizer.step()
+        optimizer.zero_grad()
+    return results
+
+
+def assert_same_steps(got, want, grads=True):
+    """Same loss and gradients (within float tolerance) and the same statistics after every step:
+    running_mean and running_var moved once per step (a second update moves them 10% further, at
+    batch norm's momentum 0.1), num_batches_tracked counting the steps."""
+    for step, ((loss_c, grads_c, buffers_c), (loss, grads_e, buffers)) in enumerate(zip(got, want), start=1):
+        torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6, msg=f"loss, step {step}")
+        for name in grads_e if grads else ():
+            torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-5, atol=1e-6, msg=f"{name}, step {step}")
+        assert buffers_c.keys() == buffers.keys()
+        for name in buffers:
+            torch.testing.assert_close(buffers_c[name], buffers[name], rtol=1e-5, atol=1e-6, msg=f"{name}, step {step}")
+        assert all(int(v) == step for n, v in buffers_c.items() if n.endswith("num_batches_tracked"))
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=study.policy_label)
+def test_compiled_steps_with_any_policy_equal_eager_steps_without_checkpointing(policy):
+    # aot_eager: Dynamo and AOTAutograd as under inductor (tracing, functionalized batch norm,
+    # recomputation in the backward graph) without inductor's minutes of code generation
+    assert_same_steps(steps(policy, "aot_eager"), steps("none"))
+
+
+@pytest.mark.slow  # inductor's code generation: about two minutes on two CPU cores
+def test_inductor_compiled_steps_with_checkpointing_equal_compiled_steps_without_and_eager_statistics():
+    compiled = steps(["layer2", "layer4"], "inductor")
+    # checkpointing changes nothing in inductor's step (on this CPU: the same bits)
+    assert_same_steps(compiled, steps("none", "inductor"))
+    # its first step leaves eager's statistics; its gradients differ from eager ones with or without
+    # checkpointing (inductor's kernels sum in another order: 2e-4 of a tensor's largest value here)
+    assert_same_steps(compiled[:1], steps("none", count=1), grads=False)
+
+
+def test_compiled_checkpointing_still_stores_fewer_activations():
+    """The compiled backward graph recomputes the segments rather than keeping what they computed."""
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    saved = {}
+    for policy in ("none", ["layer1", "layer2", "layer3", "layer4"]):
+        torch._dynamo.reset()
+        model = torch.compile(study.build("resnet18", policy, torch.device("cpu")), backend="aot_eager")
+        saved[study.policy_label(policy)] = study.saved_activation_bytes(model, x, y)
+    assert saved["layer1+layer2+layer3+layer4"] < 0.6 * saved["none"]
+
+
+class _GraphBreak(nn.Module):
+    """A unit Dynamo cannot trace whole: convolution and batch norm, a graph break, ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        torch._dynamo.graph_break()
+        return x.relu()
+
+
+def test_a_unit_with_a_graph_break_under_compile_keeps_its_statistics_from_a_second_update():
+    def step(segments, backend):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        units = nn.ModuleList([_GraphBreak(), _GraphBreak()]).train()
+        run = lambda x: checkpointing.run_units(units, segments, x)  # noqa: E731
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        (torch.compile(run, backend=backend) if backend else run)(x).square().sum().backward()
+        return x.grad, {n: b.clone() for n, b in units.named_buffers()}
+
+    grad, buffers = step(None, None)
+    grad_c, buffers_c = step([(0, 2, True)], "aot_eager")
+    torch.testing.assert_close(grad_c, grad, rtol=1e-5, atol=1e-6)
+    for name in buffers:
+        torch.testing.assert_close(buffers_c[name], buffers[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert int(buffers_c["0.bn.num_batches_tracked"]) == 1
+
+
+def test_a_segment_meant_for_the_compiled_graph_refuses_an_eager_recomputation():
+    with pytest.raises(FrelonError, match=r"did not compile whole .* update batch-norm statistics twice; "
+                                          r"remove the graph break, or set train.compile: false"):
+        checkpointing._traced_sequence([nn.Identity()], torch.zeros(1))
+
+
 def centernet_step(policy, device="cpu"):
     torch.manual_seed(0)
     model = checkpointing.apply(CenterNet(num_classes=3), policy).to(device).train()
@@ -216,27 +316,32 @@ def _ddp_rank(rank, port, out):
         x, y = torch.randn(8, 3, 64, 64, generator=g), torch.randint(0, 3, (8,), generator=g)
         mine = slice(rank * 4, rank * 4 + 4)
         results = {}
-        for policy in ("none", ["layer2", "layer4"]):
+        for label, policy, compiled in (("none", "none", False), ("stages", ["layer2", "layer4"], False),
+                                        ("stages, compiled", ["layer2", "layer4"], True)):
             torch.manual_seed(0)
             model = checkpointing.apply(ResNet("resnet18", num_classes=3), policy)
             net = engine._wrap(model, {}, world)
+            if compiled:  # as engine._wrap compiles (after DDP), with aot_eager for speed
+                net = torch.compile(net, backend="aot_eager")
             nn.functional.cross_entropy(net(x[mine]), y[mine]).backward()
-            results[study.policy_label(policy)] = ({n: p.grad for n, p in model.named_parameters()},
-                                                    dict(model.named_buffers()))
+            results[label] = ({n: p.grad for n, p in model.named_parameters()}, dict(model.named_buffers()))
         torch.save(results, f"{out}.{rank}")
     finally:
         distributed.shutdown()
 
 
-def test_a_two_rank_ddp_step_with_checkpointing_has_the_gradients_of_one_without(tmp_path):
+def test_a_two_rank_ddp_step_with_checkpointing_eager_or_compiled_has_the_gradients_of_one_without(tmp_path):
     mp.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "grads")), nprocs=2, join=True)
     for rank in (0, 1):
         results = torch.load(tmp_path / f"grads.{rank}", weights_only=True)
-        (grads, buffers), (grads_c, buffers_c) = results["none"], results["layer2+layer4"]
-        for name in grads:
-            torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
-        for name in buffers:
-            torch.testing.assert_close(buffers_c[name], buffers[name], rtol=0, atol=0, msg=name)
+        grads, buffers = results["none"]
+        for label in ("stages", "stages, compiled"):
+            grads_c, buffers_c = results[label]
+            for name in grads:
+                torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-5, atol=1e-6, msg=f"{label}: {name}")
+            tol = {"rtol": 1e-5, "atol": 1e-6} if "compiled" in label else {"rtol": 0, "atol": 0}
+            for name in buffers:
+                torch.testing.assert_close(buffers_c[name], buffers[name], **tol, msg=f"{label}: {name}")
 
 
 def test_the_study_writes_a_table_and_a_figure_with_one_row_per_policy(tmp_path):

@@ -1,11 +1,13 @@
 import copy
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from conftest import REPO
 from frelon.config import check_source, validate
+from frelon.train.engine import should_compile
 from frelon.errors import FrelonError
 from frelon.models import IMAGENET_MEAN, IMAGENET_STD
 
@@ -185,3 +187,25 @@ def test_the_nodes_a_run_spreads_over_stay_out_of_its_spec_so_placing_it_elsewhe
     config = validate(demo, SCHEMA)
     assert resolve(config, run) == before
     assert nodes_of(config, run) == 2 and nodes_of(config, "results/runs/scaling/w1-warmup") == 1
+
+
+def test_compile_goes_with_any_checkpointing_policy_and_takes_auto(demo):
+    demo["train"].update(compile=True, checkpointing="sqrt")
+    demo["studies"]["finetune"]["experiments"]["random"]["train"] = {"checkpointing": ["layer2"]}
+    validate(demo, SCHEMA)
+    demo["train"]["compile"] = "auto"
+    validate(demo, SCHEMA)
+
+
+@pytest.mark.parametrize("value", ["sometimes", "yes", 1])
+def test_a_compile_setting_other_than_true_false_or_auto_is_named_with_the_choices(demo, value):
+    demo["train"]["compile"] = value
+    with pytest.raises(FrelonError,
+                       match=rf"config key train.compile: {value!r} is not one of \[True, False, 'auto'\]"):
+        validate(demo, SCHEMA)
+
+
+def test_compile_auto_compiles_on_a_gpu_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert [should_compile(s, cpu) for s in (True, False, "auto")] == [True, False, False]
+    assert [should_compile(s, cuda) for s in (True, False, "auto")] == [True, False, True]

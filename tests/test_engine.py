@@ -31,6 +31,7 @@ def test_a_run_writes_history_iterations_tensorboard_lr_plot_and_model(data, tmp
     assert list(history.epoch) == [1, 2] and history.equals(pd.DataFrame(epochs))
     for column in ("train_loss", "train_accuracy", "val_accuracy", "images_per_second", "peak_memory_mb"):
         assert (history[column] > 0).all(), column
+    assert ((history.data_wait_fraction >= 0) & (history.data_wait_fraction < 1)).all()
     steps_per_epoch = math.ceil(len(ClassificationTask(spec).dataset("train")) / 8)
     assert list(iterations.step) == list(range(1, 2 * steps_per_epoch + 1))
     start = spec["train"]["lr_schedule"]["warmup_start_factor"]  # recorded in the spec by resolve
@@ -266,3 +267,45 @@ def test_uint8_batches_finished_where_the_model_is_train_the_weights_of_float_ba
         weights.append(engine.fit(task(spec), spec, CPU).model.state_dict())
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("augment", [["mirror"], ["mirror", "affine", "colour", "noise", "erasing"]])
+def test_uint8_batches_augmented_where_the_model_is_train_what_float_batches_train(augment, data, tmp_path):
+    """Every online augmentation, batched on the device (here the CPU's tensors), trains the weights the
+    loader workers' batches train (within float tolerance: the same draws, the same kernels)."""
+    weights = []
+    for name, task in (("float", ClassificationTask), ("uint8", RawTask)):
+        spec = make_spec(data, tmp_path / name, epochs=1, world_size=1, batch_size=8, workers=1)
+        spec["data"]["augment"] = augment
+        weights.append(engine.fit(task(spec), spec, CPU).model.state_dict())
+    close = torch.equal if augment == ["mirror"] else lambda a, b: torch.allclose(a.float(), b.float(), atol=1e-4)
+    assert all(close(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_auto_workers_are_none_on_a_cpu_and_the_ranks_share_of_the_cpus_on_a_gpu(data, tmp_path, monkeypatch):
+    from frelon.data.dataset import loader_workers
+
+    spec = make_spec(data, tmp_path, epochs=1, world_size=1, batch_size=8)
+    mirror = ClassificationTask(spec).dataset("train", train=True)
+    spec["data"]["augment"] = ["mirror", "colour"]
+    colour = ClassificationTask(spec).dataset("train", train=True)
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 ranks on the machine: 8 CPUs each
+    assert loader_workers(3, mirror, gpu) == 3 and loader_workers(0, mirror, cpu) == 0
+    assert loader_workers("auto", mirror, cpu) == 0
+    assert (loader_workers("auto", mirror, gpu), loader_workers("auto", colour, gpu)) == (2, 4)
+    assert loader_workers("auto", object(), gpu) == 7  # JPEGs to decode: every CPU but the rank's own
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert loader_workers("auto", object(), gpu) == 0
+    spec["train"]["workers"] = "auto"  # a CPU run: no worker processes
+    assert engine.fit(ClassificationTask(spec), spec, CPU).epochs
+
+
+def test_a_runs_metrics_say_its_images_per_second_and_its_wait_for_input(data, tmp_path):
+    spec = make_spec(data, tmp_path, epochs=2, world_size=1, batch_size=8)
+    worker.train(spec, str(tmp_path / "metrics.json"), CPU)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert metrics["images_per_second"] == pytest.approx(history.images_per_second.median(), rel=1e-3)
+    assert metrics["data_wait_fraction"] == pytest.approx(history.data_wait_fraction.median(), abs=1e-4)

@@ -9,7 +9,6 @@ from torch import nn
 from conftest import REPO
 from engine_fixtures import make_spec, prepared_hornet
 from frelon.config import validate
-from frelon.errors import FrelonError
 from frelon.spec import resolve
 from frelon.tasks.classification import ClassificationTask
 from frelon.train import engine
@@ -137,30 +136,3 @@ def test_a_resumed_epoch_reports_the_throughput_of_the_batches_it_timed(data, tm
     uninterrupted = engine.fit(SmallNetTask(whole), whole, CPU).epochs[0]
     assert uninterrupted["timed_images"] == images
     assert row["train_loss"] == pytest.approx(uninterrupted["train_loss"])  # the means cover the whole epoch
-
-
-def test_compile_with_gradient_checkpointing_is_refused_naming_both_keys_and_the_fix(demo):
-    demo["train"]["compile"] = True
-    validate(demo, SCHEMA)  # compile alone is fine
-    demo["studies"]["finetune"]["experiments"]["random"]["train"] = {"checkpointing": ["layer2"]}
-    with pytest.raises(FrelonError, match=r"config key studies.finetune.experiments.random.train: train.compile: "
-                                          r"true and train.checkpointing: \['layer2'\] do not go together .*"
-                                          r"set train.compile: false or train.checkpointing: none"):
-        validate(demo, SCHEMA)
-    demo["train"]["checkpointing"] = "sqrt"
-    with pytest.raises(FrelonError, match=r"config key train: train.compile: true and train.checkpointing: 'sqrt'"):
-        validate(demo, SCHEMA)
-
-
-@pytest.mark.slow
-def test_torch_compile_still_cannot_trace_gradient_checkpointing():
-    """Why the config refuses the pair; when a torch release traces it, test it and lift the refusal."""
-    from frelon.models import checkpointing
-    from frelon.models.resnet import ResNet
-
-    model = checkpointing.apply(ResNet("resnet18", 2), ["layer2"])
-    try:
-        with pytest.raises(Exception, match="checkpoint not implemented"):
-            torch.compile(model)(torch.randn(2, 3, 32, 32)).sum().backward()
-    finally:
-        torch._dynamo.reset()

@@ -54,7 +54,6 @@ def validate(config: dict, schema_path: str | os.PathLike) -> dict:
         raise FrelonError(_explain(errors[0]))
     _check_names(config)
     _check_references(config)
-    _check_compile(config)
     return config
 
 
@@ -123,26 +122,6 @@ def _check_references(config: dict) -> None:
             raise FrelonError(f"config key {where}: weights {name!r} are not defined under weights "
                               f"(defined: {', '.join(weights) or 'none'})")
     _check_studies_of_studies(config)
-
-
-def _check_compile(config: dict) -> None:
-    """torch.compile cannot trace the gradient checkpointing of frelon.models.checkpointing (dynamo refuses
-    the context_fn that keeps batch-norm statistics during recomputation): refuse the pair before a job
-    fails on its first step. Named at the shallowest level of the config where the two meet."""
-    top = config["train"]
-    levels = [("train", top)]
-    for name, study in config["studies"].items():
-        shared = {**top, **study.get("train", {})}
-        levels.append((f"studies.{name}.train", shared))
-        levels += [(f"studies.{name}.experiments.{e}.train", {**shared, **part.get("train", {})})
-                   for e, part in study["experiments"].items()]
-    if "demo" in config:
-        levels.append(("demo.pretrain.train", {**top, **config["demo"]["pretrain"].get("train", {})}))
-    for where, train in levels:
-        if train.get("compile") and train.get("checkpointing", "none") != "none":
-            raise FrelonError(f"config key {where}: train.compile: true and train.checkpointing: "
-                              f"{train['checkpointing']!r} do not go together (torch.compile cannot trace the "
-                              f"recomputation); set train.compile: false or train.checkpointing: none")
 
 
 def _check_studies_of_studies(config: dict) -> None:

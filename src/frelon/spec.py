@@ -21,6 +21,9 @@ AUGMENT_DEFAULTS = {"scale": [0.6, 1.3], "translate": 0.2, "flip": 0.5, "brightn
 DETECTION_DEFAULTS = {"input_size": 512, "max_objects": 128, "min_overlap": 0.7, "flip_test": False, "top_k": 100,
                       "size_weight": 0.1, "offset_weight": 1.0, "augment": AUGMENT_DEFAULTS}
 PRETRAIN_RUN = "data/demo/pretrain"
+# What a rank asks SLURM for with `train.workers: auto` (its own CPU and its loader workers'): a GPU's
+# share of a typical 8-GPU node; the rank then starts as many workers as it was given CPUs, less one.
+AUTO_CPUS_PER_RANK = 8
 # What a study sets for all its experiments (an experiment's own value wins)
 SHARED_KEYS = ("model", "train", "augmented", "augment", "detection")
 # Online augmentation of classification training images (frelon.data.dataset): every run mirrors unless told

@@ -16,6 +16,18 @@ saved tensors match), then restores `running_mean`, `running_var` and `num_batch
 it would otherwise update a second time (pytorch#96136): a step with checkpointing leaves exactly the
 statistics a step without it does.
 
+Under `torch.compile` the same segments go to `torch.utils.checkpoint` without that restoring
+context (Dynamo accepts no such `context_fn`), and need none: Dynamo traces each segment as one
+region that AOTAutograd recomputes in the backward graph, and functionalization turns batch norm's
+in-place statistics update into an output of the forward graph, written back to the buffers once
+after it; the backward graph recomputes activations only. The tests compare compiled steps of every
+policy with eager steps without checkpointing: gradients, running statistics, `num_batches_tracked`.
+This holds for backends that go through AOTAutograd (inductor, the default, and `aot_eager`). A
+graph break inside a unit makes Dynamo give up the whole `run_units` call (a graph break in a loop)
+and run it eagerly, restoring context included (a test checks the statistics then too). Should
+Dynamo instead run only that segment's checkpoint eagerly, nothing would keep its recomputation from
+updating the statistics again: `_traced_sequence` stops it with an error rather than train on them.
+
 Nothing here keeps state between calls: what a recomputed segment keeps for backward (its input) is
 saved by `torch.utils.checkpoint` as an autograd saved tensor, so whoever wants to count it installs
 `torch.autograd.graph.saved_tensors_hooks` around the forward pass (thread-local, and the innermost
@@ -90,9 +102,12 @@ def run_units(units: Sequence[nn.Module], segments: Plan | None, x: torch.Tensor
         for unit in units:
             x = unit(x)
         return x
+    compiling = torch.compiler.is_compiling()
     for start, end, recompute in segments:
         part = units[start:end]
-        if recompute:  # its input `x` is kept as a saved tensor (see the module docstring)
+        if recompute and compiling:  # recomputed in the compiled backward graph (see the module docstring)
+            x = checkpoint(_traced_sequence, part, x, use_reentrant=False)
+        elif recompute:  # its input `x` is kept as a saved tensor (see the module docstring)
             x = checkpoint(_sequence, part, x, use_reentrant=False,
                            context_fn=lambda part=part: (contextlib.nullcontext(),
                                                          _batch_norm_statistics_kept(part)))
@@ -105,6 +120,19 @@ def _sequence(units: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     for unit in units:
         x = unit(x)
     return x
+
+
+def _traced_sequence(units: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """`_sequence` for a segment checkpointed under torch.compile, which only Dynamo may run: run
+    eagerly, Dynamo left the segment's checkpoint to eager mode (a graph break inside it), and this
+    is, or precedes, a recomputation in backward that would update batch-norm statistics again."""
+    if not torch.compiler.is_compiling():
+        blocks = ", ".join(type(unit).__name__ for unit in units)
+        raise FrelonError(f"checkpointing under torch.compile: the checkpointed units ({blocks}) did not compile "
+                          f"whole (a graph break inside them; TORCH_LOGS=graph_breaks names it), and their eager "
+                          f"recomputation would update batch-norm statistics twice; remove the graph break, or "
+                          f"set train.compile: false or train.checkpointing: none")
+    return _sequence(units, x)
 
 
 def apply(model: nn.Module, policy: Policy) -> nn.Module:

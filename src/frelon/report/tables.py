@@ -14,7 +14,8 @@ METRIC_COLUMNS = ["test_accuracy", "test_balanced_accuracy"]
 # pycocotools' AP (IoU 0.5:0.95), AP50, AP75, by size, and for VOC the 11-point VOC07 AP50 of the CenterNet paper
 DETECTION_COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AP50_voc07"]
 HEADLINE_COLUMNS = METRIC_COLUMNS + ["AP", "AP50", "AP50_voc07"]  # for `dvc metrics show`
-TIMING_COLUMNS = ["epoch_seconds", "images_per_second", "train_seconds", "speedup", "efficiency"]
+TIMING_COLUMNS = ["epoch_seconds", "images_per_second", "data_wait_fraction", "train_seconds", "speedup",
+                  "efficiency"]
 # What sets the work of an epoch: runs alike in these differ only in how many processes share it.
 WORK_COLUMNS = ["arch", "norm", "residual", "init", "batch_size", "augmented", "augment"]
 
@@ -29,6 +30,9 @@ def _timing(metrics: dict, history: pd.DataFrame) -> dict:
         "diverged_at_step": (metrics.get("diverged") or {}).get("step"),
         "epoch_seconds": round(float(history.epoch_seconds.median()), 2),
         "images_per_second": round(float(history.images_per_second.median()), 1),
+        # the share of the epochs spent waiting for the loader (empty for runs recorded before it was kept)
+        "data_wait_fraction": (round(float(history.data_wait_fraction.median()), 3)
+                               if "data_wait_fraction" in history else None),
         "train_seconds": round(metrics["train_seconds"], 1),
     }
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from frelon.atomic import torch_save
+from frelon.data.dataset import loader_workers
 from frelon.errors import FrelonError
 from frelon.models import checkpointing
 from frelon.tasks.base import Task
@@ -88,8 +89,17 @@ def state_dir(spec: dict) -> Path:
     return Path(spec["output"]) / "state"
 
 
+def should_compile(setting: bool | str, device: torch.device) -> bool:
+    """Whether a run on `device` torch.compiles its model, for `train.compile`: true,
+    false, or auto, which compiles on a GPU only: there the compiled step is faster, gradient
+    checkpointing's recomputation included, while on a CPU a short run would spend minutes compiling."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
 def _wrap(model: nn.Module, cfg: dict, world: World) -> nn.Module:
-    """DDP (with SyncBatchNorm if asked) and torch.compile around the bare model."""
+    """DDP (with SyncBatchNorm if asked) and torch.compile (train.compile; auto: on a GPU) around the bare model."""
     net = model
     if cfg.get("sync_bn"):
         if world.device.type != "cuda":
@@ -97,7 +107,7 @@ def _wrap(model: nn.Module, cfg: dict, world: World) -> nn.Module:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if world.world_size > 1:
         net = DistributedDataParallel(net, device_ids=[world.device.index] if world.device.type == "cuda" else None)
-    if cfg.get("compile"):
+    if should_compile(cfg.get("compile", False), world.device):
         net = torch.compile(net)
     return net
 
@@ -304,7 +314,7 @@ def _fit(task: Task, spec: dict, world: World, preemption: Preemption) -> Traine
         train_set.raw = world.device.type == "cuda"
     sampler = ResumableSampler(DistributedSampler(train_set, num_replicas=world.world_size, rank=world.rank,
                                                   shuffle=True, seed=spec["seed"]), cfg["batch_size"])
-    workers = cfg.get("workers", 0)
+    workers = loader_workers(cfg.get("workers", 0), train_set, world.device)
     loader = DataLoader(train_set, batch_size=cfg["batch_size"], sampler=sampler, collate_fn=task.collate,
                         num_workers=workers, pin_memory=world.device.type == "cuda",
                         persistent_workers=workers > 0)  # started once; they read the epoch from SharedEpoch
@@ -355,10 +365,13 @@ def _fit(task: Task, spec: dict, world: World, preemption: Preemption) -> Traine
             "epoch": epoch + 1, "step": step, "lr": cfg["lr"] * scheduler.lr_lambdas[0](step - 1), **means,
             **{f"val_{k}": v for k, v in scores.items() if isinstance(v, float)},
             "epoch_seconds": seconds, "images_per_second": images / seconds if images else math.nan,
+            # the share of the epoch the training waited for its loader (0: the input never held it up)
+            "data_wait_fraction": waited[0] / seconds if seconds else math.nan,
             "timed_images": images, "peak_memory_mb": peak_memory_mb(world.device),
         })
 
     last_saved = [time.monotonic()]  # the run's start counts as a save: nothing is lost before it
+    waited = [0.0]  # seconds this epoch's batches kept the training waiting (since a resume, as `seconds`)
 
     def save_state() -> None:
         last_saved[0] = time.monotonic()
@@ -384,12 +397,14 @@ def _fit(task: Task, spec: dict, world: World, preemption: Preemption) -> Traine
                 sums = {}
             timed = torch.zeros((), device=world.device, dtype=torch.float64)  # this rank's samples since epoch_start
             epoch_start = tick = row_tick = time.perf_counter()
+            waited[0] = 0.0
             row_images = 0.0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", total=batches_per_epoch,
                        initial=batch_in_epoch, disable=not world.is_main, leave=False,
                        mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line now and then
             for batch in bar:
                 data_time = time.perf_counter() - tick
+                waited[0] += data_time
                 batch = move(batch, world.device, cfg.get("channels_last", False))
                 if hasattr(batch, "finish"):  # a raw batch (uint8 images): made the network's input here, on the device
                     batch = move(batch.finish(), world.device, cfg.get("channels_last", False))

@@ -11,6 +11,16 @@ import torch
 from frelon.atomic import write_text
 
 
+def throughput(epochs: list[dict]) -> dict:
+    """A run's input and training rates, the medians over its epochs: images/s (all ranks) and the share
+    of the time the training waited for its loader (near 0: the loader keeps up; near 1: input-bound)."""
+    def median(key: str) -> float | None:
+        values = [row[key] for row in epochs if row.get(key) is not None and row[key] == row[key]]
+        return round(float(pd.Series(values).median()), 4) if values else None
+
+    return {"images_per_second": median("images_per_second"), "data_wait_fraction": median("data_wait_fraction")}
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated by this process, or its peak resident memory on CPU."""
     if device.type == "cuda":

@@ -21,6 +21,7 @@ from frelon import tasks
 from frelon.atomic import write_json
 from frelon.errors import FrelonError
 from frelon.train import distributed, engine, preemption
+from frelon.train.history import throughput
 from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER, Preempted, StopRequested
 
 
@@ -42,7 +43,8 @@ def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) ->
 
 def score(task, spec: dict, model: torch.nn.Module | None, state: dict, out: str, world: distributed.World) -> None:
     """Every rank scores its shard of the test split; rank 0 writes the metrics JSON (and the task's files
-    beside it). `state`: what model.pt records (diverged, train_seconds, precision). A diverged run is
+    beside it). `state`: what model.pt records (diverged, train_seconds, precision), and after training the
+    run's `throughput` (images/s, the share of time spent waiting for input). A diverged run is
     reported as such, with no scores (`model` None)."""
     if state.get("diverged"):
         if world.is_main:
@@ -57,7 +59,8 @@ def score(task, spec: dict, model: torch.nn.Module | None, state: dict, out: str
         print(f"{spec['experiment']}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
                                                    if isinstance(v, float)), flush=True)
         write_json(out, {"experiment": spec["experiment"], "split": "test",
-                         "train_seconds": state["train_seconds"], "precision": state.get("precision"), **result})
+                         "train_seconds": state["train_seconds"], "precision": state.get("precision"),
+                         **state.get("throughput", {}), **result})
 
 
 def train(spec: dict, out: str | None, world: distributed.World) -> None:
@@ -71,7 +74,8 @@ def train(spec: dict, out: str | None, world: distributed.World) -> None:
             # the weights as `evaluate` would load them from model.pt: the same network, the same numbers
             model = None if trained.diverged else engine.with_weights(task, trained.model.state_dict())
             score(task, spec, model, {"diverged": trained.diverged, "train_seconds": trained.train_seconds,
-                                      "precision": trained.precision}, out, world)
+                                      "precision": trained.precision, "throughput": throughput(trained.epochs)},
+                  out, world)
         engine.finish(spec, world)
 
 

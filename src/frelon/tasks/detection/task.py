@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from frelon.atomic import write_json
 from frelon.data.coco import CategoryIndex
+from frelon.data.dataset import loader_workers
 from frelon.errors import FrelonError
 from frelon.evaluate.detection import coco_summary, coco_tables, voc07_ap50
 from frelon.models.centernet import CenterNet
@@ -101,7 +102,7 @@ class DetectionTask:
         results: list[dict] = []
         batch_size = self.spec["train"]["batch_size"]
         loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate,
-                            num_workers=self.spec["train"].get("workers", 0))
+                            num_workers=loader_workers(self.spec["train"].get("workers", 0), dataset, device))
         for images, index in stoppable(loader, len(dataset), batch_size, world):
             boxes, scores, labels = predict(model, images.to(device), self.settings["flip_test"],
                                             self.settings["top_k"])

@@ -11,18 +11,21 @@
 # start with less than 20 s left is skipped, the last two need their whole limit):
 #   gpu_throughput        bf16 matmul TFLOP/s; ResNet-18 training at 224, bf16, channels-last,
 #                         eager and compiled, and the fraction of the matmul rate it reaches
-#   checkpointing         per-stage vs none at 224, batch 64 and 256; then compiled variants (whole,
-#                         whole-plain, cudagraphs, segments), none started after 150 s
-#   engine_classification engine vs bare loop, ResNet-18 on 12,000 prepared images (epochs ~1.6 s)
-#   engine_detection      engine vs bare loop, CenterNet at 512 on 1,500 generated COCO-layout images
+#   checkpointing         per-stage vs none at 224, batch 64 and 256; then compiled variants (whole:
+#                         train.compile, the GPU default; cudagraphs, segments), none started after 150 s
+#   engine_classification engine vs bare loop vs one batch kept on the GPU, ResNet-18 at 224 on 12,000
+#                         prepared images
+#   engine_detection      the same, CenterNet at 512 on 1,500 generated COCO-layout images
 #   input_pipeline        frelon's loaders vs ImageFolder/PIL with this machine's cores less two, and
 #                         loader images/s / training images/s at 224 and 512
 #   centernet             inference with decoding at 512, batch 1 and 32, beside the paper's 142
-#                         FPS; 30 training steps of each decoder
+#                         FPS, and batch 1 as one CUDA graph replay (`frelon detect`'s way, target
+#                         710 images/s); 30 training steps of each decoder
 #   coco_eval             COCO evaluation of 5,000 images' detections (CPU, needs pycocotools)
 #   pipeline_overhead     snakemake -n on the course config (needs snakemake)
 #   checkpointing_profile host against kernel time of a checkpointed step, batch 64 and 256
-#   exactness             tests/test_checkpointing.py -k "cuda or gpu" (needs pytest)
+#   exactness             the tests' CUDA cases (checkpointing, batched augmentation, detection input and
+#                         targets, the CUDA-graph detector; needs pytest)
 # STUDY=1 adds the course's checkpointing study (config/config.yaml, about 4.5 minutes: over the
 # budget, so raise BUDGET too). Logs and <step>.json under $OUT (bench/out), then
 # bench/summary.py prints the table and writes summary.{json,md}. Exit 1 when a step broke or
@@ -108,7 +111,7 @@ if [ "$SMOKE" = 1 ]; then
 else
     D=cuda W=$("$PY" -c 'import os; print(max(1, len(os.sched_getaffinity(0)) - 2))')  # 2 cores for the trainer
     GPU_THROUGHPUT=""
-    ENGINE_CLS="--precision bf16 --channels-last --images 12000 --size 128 --batch 128 --epochs 3 --rounds 1"
+    ENGINE_CLS="--precision bf16 --channels-last --images 12000 --size 224 --batch 128 --epochs 3 --rounds 1"
     ENGINE_DET="--precision bf16 --channels-last --images 1500 --size 512 --batch 32 --epochs 3 --rounds 1"
     INPUT="--images 3000 --detection-images 800 --epochs 3"
     CENTERNET="--iterations 30 --steps 30"
@@ -120,10 +123,10 @@ fi
 
 # the option strings are split into words on purpose
 step gpu_throughput 120 "$PY" bench/gpu_throughput.py --device $D $GPU_THROUGHPUT
-# compiled variants in this order (whole fails fast: it is frelon's train.compile today); none starts after
-# CHECKPOINTING_DEADLINE seconds, and one takes about a minute to compile and time on a GPU host
+# compiled variants in this order (whole first: frelon's train.compile, what a GPU run does by default); none
+# starts after CHECKPOINTING_DEADLINE seconds, and one takes about a minute to compile and time on a GPU host
 step checkpointing 210 "$PY" bench/checkpointing.py --device $D $CHECKPOINTING \
-    --compile whole whole-plain cudagraphs segments --deadline "$CHECKPOINTING_DEADLINE"
+    --compile whole cudagraphs segments --deadline "$CHECKPOINTING_DEADLINE"
 step engine_classification 150 "$PY" bench/engine_throughput.py --device $D --workers $W $ENGINE_CLS
 step engine_detection 100 "$PY" bench/engine_throughput.py --task detection --device $D --workers $W $ENGINE_DET
 step input_pipeline 120 "$PY" bench/input_pipeline.py --device $D --workers $W $INPUT
@@ -135,7 +138,9 @@ if_time 60 checkpointing_profile "$PY" bench/checkpointing_profile.py --device $
 if ! "$PY" -c 'import pytest' 2> /dev/null; then
     record exactness skipped "needs pytest, not installed in this Python"
 else
-    if_time 100 exactness "$PY" -m pytest -q -p no:cacheprovider tests/test_checkpointing.py -k "cuda or gpu"
+    if_time 100 exactness "$PY" -m pytest -q -p no:cacheprovider tests/test_checkpointing.py \
+        tests/test_batch_augment.py tests/test_transforms.py tests/test_centernet_targets.py \
+        tests/test_detect_fast.py -k "cuda or gpu"
 fi
 if [ "${STUDY:-0}" = 1 ]; then
     step study 360 "$PY" -c '

@@ -8,6 +8,7 @@ from frelon.data.augment import ONLINE_DEFAULTS, ORDER, transforms
 from frelon.data.batch_augment import Drawer
 
 H, W = 40, 48  # not square: height and width must not be swapped anywhere
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +41,21 @@ def reference(images, names, options, seeds):
 
 
 def batched(images, names, options, seeds, noise_seeds=None):
+    """The batched transforms, on the images' device (the draws moved there, as the engine moves a batch)."""
+    from frelon.train.engine import move
+
     draws = Drawer(names, options, H, W).batch(seeds, noise_seeds or [s + 1 for s in seeds])
-    return batch_augment.apply(images, draws)
+    return batch_augment.apply(images, move(draws, images.device, channels_last=False))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("names", [["mirror"], ["affine"], ["colour"], ["erasing"], ["mirror", "affine"],
                                    ["mirror", "affine", "colour", "erasing"]])
-def test_a_batch_equals_torchvisions_transforms_sample_by_sample(images, names):
+def test_a_batch_equals_torchvisions_transforms_sample_by_sample(images, names, device):
     options = {**ONLINE_DEFAULTS, "erasing": 0.7}
     seeds = list(range(100, 110))
-    got, want = batched(images, names, options, seeds), reference(images, names, options, seeds)
+    got = batched(images.to(device), names, options, seeds).cpu()
+    want = reference(images, names, options, seeds)
     assert got.shape == want.shape == (10, 3, H, W)
     close = (got - want).abs() <= 2e-5
     if "affine" in names:  # nearest sampling: a point on a pixel's edge may round either way (float order)

@@ -13,9 +13,10 @@ CenterNet's heatmap targets) against a PIL loader that only letterboxes, flips a
 Same batch, workers and pinning on both sides, and both keep their workers from epoch to epoch, as
 frelon's engine does (`persistent_workers`); after one untimed epoch each, epochs alternate and the
 median is reported. Target: frelon's loader >= 3x the PIL one. Then what the workers deliver:
-uint8 batches with their draws (the engine's on a GPU) against the float32 batches they made before,
-same workers (target >= 4x), and the rate with every online augmentation (affine, colour, noise,
-erasing: draws in the workers, transforms batched where the batch trains).
+uint8 batches with their draws (the engine's on a GPU) against the float32 batches it made before,
+with `--workers` and with none, what `workers: auto` picks for them on a GPU (target >= 4x), and
+the rate with every online augmentation (affine, colour, noise, erasing: draws in the workers,
+transforms batched where the batch trains).
 Beside it, each sample's work alone (one process, one thread, no batching or transfer between
 processes): what the loader would reach if the workers' hand-over of float batches cost nothing.
 
@@ -90,13 +91,16 @@ def ratio_rows(label: str, mine: float, base: float, ratio_name: str, names: tup
 
 
 def compare(ours: Dataset, theirs: Dataset, args: argparse.Namespace, batch: int, collate=None,
-            their_collate=None, finish: tuple[bool, bool] = (True, True)) -> tuple[float, float, list, list]:
-    """Median images/s of frelon's and the baseline's loader over alternating epochs."""
+            their_collate=None, finish: tuple[bool, bool] = (True, True),
+            workers: int | None = None) -> tuple[float, float, list, list]:
+    """Median images/s of frelon's and the baseline's loader over alternating epochs (`workers`: the
+    loader processes of both, `--workers` unless given)."""
+    workers = args.workers if workers is None else workers
     if len(ours) < batch:  # drop_last would leave an epoch of nothing to time
         raise SystemExit(f"input_pipeline: {len(ours)} training images, fewer than a batch of {batch}: "
                          f"give more images (--images, --detection-images) or a smaller batch")
-    options = {"shuffle": True, "num_workers": args.workers, "pin_memory": args.device == "cuda", "drop_last": True,
-               "persistent_workers": args.workers > 0}
+    options = {"shuffle": True, "num_workers": workers, "pin_memory": args.device == "cuda", "drop_last": True,
+               "persistent_workers": workers > 0}
     loaders = DataLoader(ours, batch, collate_fn=collate, **options), \
         DataLoader(theirs, batch, collate_fn=their_collate, **options)
     mine, base = [], []
@@ -180,16 +184,22 @@ def classification(root: Path, args: argparse.Namespace) -> tuple[list[dict], di
     rows = ratio_rows(f"loader {args.size}px", mine, base, "prepared hornet / ImageFolder+PIL",
                       ("frelon prepared (mirror)", "ImageFolder + PIL"))
     more, work = work_rows(f"loader {args.size}px", ours, theirs, ("frelon", "ImageFolder"))
-    # what crosses from the workers: uint8 batches and their draws against float32 batches made there
+    # what the loader delivers: uint8 batches and their draws against the float32 batches it made before,
+    # with the same workers: --workers, and none (what `workers: auto` picks for them on a GPU)
     uint8 = CachedSplit(prepared / "train.pt", preprocessing, ["mirror"], raw=True)
     floats = CachedSplit(prepared / "train.pt", preprocessing, ["mirror"], raw=False)
-    raw_rate, float_rate, raw_all, float_all = compare(uint8, floats, args, args.batch, collate, collate,
-                                                       finish=(False, True))
-    ratio = raw_rate / float_rate
-    rows += [common.row(f"loader {args.size}px: uint8 / float32 batches delivered (mirror)", round(ratio, 2), "x",
-                        f">= {UINT8_TARGET}", ratio >= UINT8_TARGET),
-             common.row(f"loader {args.size}px: uint8 batches delivered", round(raw_rate, 1), "images/s"),
-             common.row(f"loader {args.size}px: float32 batches delivered", round(float_rate, 1), "images/s")]
+    delivered = {}
+    for workers in dict.fromkeys((args.workers, 0)):
+        raw_rate, float_rate, raw_all, float_all = compare(uint8, floats, args, args.batch, collate, collate,
+                                                           finish=(False, True), workers=workers)
+        ratio = raw_rate / float_rate
+        judged = workers == 0
+        rows += [common.row(f"loader {args.size}px, {workers} workers: uint8 / float32 batches delivered (mirror)",
+                            round(ratio, 2), "x", f">= {UINT8_TARGET}" if judged else None,
+                            ratio >= UINT8_TARGET if judged else None),
+                 common.row(f"loader {args.size}px, {workers} workers: uint8 / float32 batches delivered",
+                            f"{raw_rate:.0f} / {float_rate:.0f}", "images/s")]
+        delivered[workers] = {"uint8": raw_all, "float32": float_all}
     # every online augmentation: the draws in the workers, the batched transforms where the batch trains
     augmented = CachedSplit(prepared / "train.pt", preprocessing, ["mirror", "affine", "colour", "noise", "erasing"],
                             raw=True)
@@ -197,7 +207,7 @@ def classification(root: Path, args: argparse.Namespace) -> tuple[list[dict], di
     rows.append(common.row(f"loader {args.size}px: every online augmentation, finished on {args.device}",
                            round(statistics.median(every), 1), "images/s"))
     return rows + more, {"classification": {**work, "frelon": mine_all, "imagefolder": base_all, "loader": mine,
-                                            "uint8_delivered": raw_all, "float32_delivered": float_all,
+                                            "delivered_by_workers": delivered,
                                             "every_augmentation": every,
                                             "train_images": len(ours), "jpeg_size": args.jpeg_size,
                                             "prepare_seconds": round(prepare_seconds, 1)}}

@@ -294,7 +294,7 @@ def test_auto_workers_are_none_on_a_cpu_and_the_ranks_share_of_the_cpus_on_a_gpu
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 ranks on the machine: 8 CPUs each
     assert loader_workers(3, mirror, gpu) == 3 and loader_workers(0, mirror, cpu) == 0
     assert loader_workers("auto", mirror, cpu) == 0
-    assert (loader_workers("auto", mirror, gpu), loader_workers("auto", colour, gpu)) == (2, 4)
+    assert (loader_workers("auto", mirror, gpu), loader_workers("auto", colour, gpu)) == (0, 4)
     assert loader_workers("auto", object(), gpu) == 7  # JPEGs to decode: every CPU but the rank's own
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert loader_workers("auto", object(), gpu) == 0

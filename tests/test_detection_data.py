@@ -178,7 +178,7 @@ def training_set(root, raw=True, seed=0, epoch=3, **augment) -> DetectionSet:
 
 
 def test_a_training_batch_carries_warped_uint8_images_and_finish_makes_the_input_and_each_images_targets(squares_set):
-    dataset = training_set(squares_set, translate=0.4)
+    dataset = training_set(squares_set, translate=0.4, epoch=6)
     batch = collate(dataset.__getitems__(list(range(12))))
     assert isinstance(batch, DetectionBatch) and batch.images.shape == (12, 3, 64, 64)
     assert batch.images.dtype == torch.uint8 and set(batch.colour) == {"brightness", "contrast", "saturation"}
@@ -197,7 +197,7 @@ def test_a_training_batch_carries_warped_uint8_images_and_finish_makes_the_input
                             (64, 64), max_objects=8, min_overlap=SETTINGS["min_overlap"])
         for key, value in one.items():
             assert torch.allclose(targets[key][b].double(), value.double(), atol=1e-6, rtol=0), key
-    unjittered = training_set(squares_set, translate=0.4, brightness=0, contrast=0, saturation=0)
+    unjittered = training_set(squares_set, translate=0.4, epoch=6, brightness=0, contrast=0, saturation=0)
     plain = unjittered.__getitems__([0, 1])
     assert plain.colour == {} and torch.equal(plain.images, batch.images[:2])  # colour settings: the batch's work
     mean, std = torch.tensor(PREPROCESSING["mean"]).view(3, 1, 1), torch.tensor(PREPROCESSING["std"]).view(3, 1, 1)

@@ -113,14 +113,16 @@ def draw_augmentation(options: dict, seed: int, epoch: int, index: int) -> Augme
     uniform within +-`translate` input sides on each axis, a mirror with probability `flip` (as
     v2.RandomAffine and v2.RandomHorizontalFlip drew them), and v2.ColorJitter's factors: brightness,
     contrast and saturation uniform in [max(0, 1 - x), 1 + x], a hue shift uniform in [-x, x]."""
-    u = torch.rand(8, dtype=torch.float64,
-                   generator=torch.Generator().manual_seed(sample_seed(seed, epoch, index))).tolist()
+    generator = torch.Generator().manual_seed(sample_seed(seed, epoch, index))
+    # the mirror's draw first, as v2.RandomHorizontalFlip's was when nothing else drew before it: with
+    # neither zoom nor shift (the demo's setting) each image is mirrored as it was before one warp
+    flip = bool(torch.rand(1, generator=generator) < options["flip"])
+    u = torch.rand(7, dtype=torch.float64, generator=generator).tolist()
     near, far = 1 / options["scale"][1], 1 / options["scale"][0]
     ranges = [(max(0.0, 1 - options[k]), 1 + options[k]) for k in COLOUR[:3]] + [(-options["hue"], options["hue"])]
     return Augmentation(zoom=near + (far - near) * u[0],
                         shift=(options["translate"] * (2 * u[1] - 1), options["translate"] * (2 * u[2] - 1)),
-                        flip=u[3] < options["flip"],
-                        colour=tuple(low + (high - low) * v for (low, high), v in zip(ranges, u[4:])))
+                        flip=flip, colour=tuple(low + (high - low) * v for (low, high), v in zip(ranges, u[3:])))
 
 
 def training_matrix(letterbox: Letterbox, augmentation: Augmentation) -> torch.Tensor:

@@ -31,6 +31,12 @@ from frelon.models.centernet import CenterNet
 from frelon.tasks.detection.targets import build_targets_batch
 
 
+# A JPEG is decoded at a reduction only when needed at a quarter of its size or less (a camera's photo at
+# 512 px): its pixels then differ a little from a full decode's (2/255 on average), which evaluation uses;
+# VOC and COCO images at 512, or the demo's at 64, are decoded whole, as evaluation decodes them.
+DRAFT_SCALE = 0.25
+
+
 def split_files(prepared: str | os.PathLike, split: str) -> tuple[Path, Path]:
     """(annotation file, image folder) of a split of a prepared detection set."""
     listing = Path(prepared) / "splits.json"
@@ -126,8 +132,8 @@ class DetectionSet(SharedEpoch, Dataset):
 
     def _decode(self, i: int, scale: float = 1.0) -> tuple[Image.Image, int]:
         """The image as an RGB PIL image, checked against the size its annotations give, and by how much it
-        was reduced: a JPEG needed at `scale` <= 1/2 of its size is decoded at 1/2, 1/4 or 1/8 of it,
-        the largest of libjpeg's reductions that keeps at least `scale` (a photo many times the input's
+        was reduced: a JPEG needed at `scale` <= DRAFT_SCALE of its size is decoded at 1/2, 1/4 or 1/8 of
+        it, the largest of libjpeg's reductions that keeps at least `scale` (a photo many times the input's
         size then costs a fraction of its full decoding, and the reduction filters it properly)."""
         info = self.images[i]
         path = self.image_root / info["file_name"]
@@ -138,7 +144,7 @@ class DetectionSet(SharedEpoch, Dataset):
             if (opened.height, opened.width) != (info["height"], info["width"]):
                 raise FrelonError(f"{path} is {opened.width}x{opened.height} but {self.annotations} says "
                                   f"{info['width']}x{info['height']}; the image and its annotations do not match")
-            drafted = scale <= 0.5 and opened.draft("RGB", (math.ceil(opened.width * scale),
+            drafted = scale <= DRAFT_SCALE and opened.draft("RGB", (math.ceil(opened.width * scale),
                                                             math.ceil(opened.height * scale)))
             reduction = round(info["width"] / drafted[1][2]) if drafted else 1
             return opened.convert("RGB"), reduction

@@ -174,3 +174,16 @@ def test_a_coco_run_scores_against_the_original_category_ids(tmp_path):
     result = task.evaluate(model, "test", CPU)
     assert "AP50_voc07" not in result and result["n"] == 8
     assert {d["category_id"] for d in result["detections"]} <= {1, 3, 18, 44, 90}
+
+
+def test_a_box_inside_the_image_is_not_counted_clipped_for_float_round_off(tmp_path):
+    # 379.02 + 67.17 - 379.02 is 67.16999999999996 in float64: the box is inside the 640-wide image
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+          "categories": [{"id": 7, "name": "wasp"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [379.02, 10.5, 67.17, 20.1],
+                           "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 7, "bbox": [600.0, 10.0, 40.01, 5.0],
+                           "iscrowd": 0}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    _, images = coco.training_targets(tmp_path / "gt.json")
+    assert coco.summary(images)["boxes_clipped_to_image"] == 1  # the second, 0.01 px past the edge

@@ -58,10 +58,11 @@ def test_eleven_point_ap_by_hand():
     assert voc07_ap50(GT, found)["per_class"]["cat"] == pytest.approx(expected)
 
 
-def test_iou_just_below_half_is_a_miss_and_half_is_a_hit():
+def test_iou_of_half_is_a_miss_and_just_above_a_hit_as_in_the_devkit():
     gt = truth((1, 1, [0, 0, 100, 100], False))
     assert voc07_ap50(gt, [det(1, 1, [0, 0, 49.9, 100], 0.9)])["AP50_voc07"] == 0.0  # IoU 0.499
-    assert voc07_ap50(gt, [det(1, 1, [0, 0, 50, 100], 0.9)])["AP50_voc07"] == 1.0  # IoU 0.5
+    assert voc07_ap50(gt, [det(1, 1, [0, 0, 50, 100], 0.9)])["AP50_voc07"] == 0.0  # IoU 0.5: not > 0.5
+    assert voc07_ap50(gt, [det(1, 1, [0, 0, 50.1, 100], 0.9)])["AP50_voc07"] == 1.0  # IoU 0.501
 
 
 def test_a_class_with_only_difficult_objects_is_left_out_of_the_mean():

@@ -119,7 +119,8 @@ def _truths_by_image(annotations: list[dict]) -> dict[int, tuple[np.ndarray, np.
 
 def _outcomes(detections: list[dict], truths: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """The devkit's greedy matching: by descending score, each detection takes the box it overlaps most;
-    TP if that box is new, FP if it was taken or the overlap is under 0.5, ignored if it is difficult."""
+    TP if that box is new, FP if it was taken or the overlap is 0.5 or less (the devkit's `ovmax > ovthresh`),
+    ignored if it is difficult."""
     detections = sorted(detections, key=lambda d: -d["score"])
     boxes = _voc_boxes([d["bbox"] for d in detections])
     taken = {image: np.zeros(len(flags), dtype=bool) for image, (_, flags) in truths.items()}
@@ -130,7 +131,7 @@ def _outcomes(detections: list[dict], truths: dict[int, tuple[np.ndarray, np.nda
         gt_boxes, difficult = truths[det["image_id"]]
         overlaps = _iou(boxes[i], gt_boxes)
         best = int(np.argmax(overlaps))
-        if overlaps[best] < 0.5:
+        if overlaps[best] <= 0.5:
             continue
         if difficult[best]:
             outcomes[i] = IGNORED

@@ -71,6 +71,11 @@ class ModulatedDeformConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offset_mask(x).split([2 * TAPS, TAPS], dim=1)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # torchvision's deformable kernel has no bf16/fp16 CPU version and casts to fp32 only under CUDA's
+            # autocast: in fp32 here, as there, the rest of the network staying in the autocast dtype
+            with torch.autocast("cpu", enabled=False):
+                return self.conv(x.float(), offset.float(), torch.sigmoid(mask.float()))
         return self.conv(x, offset, torch.sigmoid(mask))
 
 
@@ -138,9 +143,12 @@ def _heatmap_head(num_classes: int) -> nn.Sequential:
 
 
 def _regression_head() -> nn.Sequential:
+    """Size or offset: both convolutions drawn with std 0.001 and bias 0, as the official code's
+    `fill_fc_weights` initialises every head but the heatmap's."""
     head = _head(2)
-    nn.init.normal_(head[-1].weight, std=REGRESSION_STD)
-    nn.init.zeros_(head[-1].bias)
+    for conv in (head[0], head[-1]):
+        nn.init.normal_(conv.weight, std=REGRESSION_STD)
+        nn.init.zeros_(conv.bias)
     return head
 
 

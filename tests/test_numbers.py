@@ -1,5 +1,5 @@
 """Numbers that are right: where warmup starts, the epoch's last accumulation group, the throughput of a
-resumed epoch, and torch.compile with gradient checkpointing (refused)."""
+resumed epoch, and the course's detection recipe."""
 
 import pytest
 import torch
@@ -136,3 +136,16 @@ def test_a_resumed_epoch_reports_the_throughput_of_the_batches_it_timed(data, tm
     uninterrupted = engine.fit(SmallNetTask(whole), whole, CPU).epochs[0]
     assert uninterrupted["timed_images"] == images
     assert row["train_loss"] == pytest.approx(uninterrupted["train_loss"])  # the means cover the whole epoch
+
+
+@pytest.mark.parametrize("experiment, global_batch, lr", [
+    *[(f"voc{size}-{decoder}", 32, 1.25e-4) for size in (384, 512) for decoder in ("deconv", "dcn", "unet")],
+    *[(f"coco512-{decoder}", 128, 5e-4) for decoder in ("deconv", "dcn", "unet")]])
+def test_the_course_trains_detection_with_the_papers_batches_and_learning_rates(experiment, global_batch, lr):
+    """The official scripts: VOC at batch 32 and lr 1.25e-4 (about 36 k steps in 70 epochs), COCO at 128 and
+    5e-4; each on 4 GPUs."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["datasets"]["hornet"]["source"] = str(REPO)  # the course data need not exist to resolve a spec
+    train = resolve(config, f"results/runs/detection/{experiment}")["train"]
+    assert (train["world_size"], train["global_batch"]) == (4, global_batch)
+    assert train["lr"] == pytest.approx(lr)

@@ -143,12 +143,9 @@ def _heatmap_head(num_classes: int) -> nn.Sequential:
 
 
 def _regression_head() -> nn.Sequential:
-    """Size or offset: both convolutions drawn with std 0.001 and bias 0, as the official code's
-    `fill_fc_weights` initialises every head but the heatmap's."""
     head = _head(2)
-    for conv in (head[0], head[-1]):
-        nn.init.normal_(conv.weight, std=REGRESSION_STD)
-        nn.init.zeros_(conv.bias)
+    nn.init.normal_(head[-1].weight, std=REGRESSION_STD)
+    nn.init.zeros_(head[-1].bias)
     return head
 
 

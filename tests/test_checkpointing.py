@@ -330,6 +330,7 @@ def _ddp_rank(rank, port, out):
         distributed.shutdown()
 
 
+@pytest.mark.slow  # two processes, and a compile in each: 9 s
 def test_a_two_rank_ddp_step_with_checkpointing_eager_or_compiled_has_the_gradients_of_one_without(tmp_path):
     mp.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "grads")), nprocs=2, join=True)
     for rank in (0, 1):

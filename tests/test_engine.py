@@ -269,6 +269,7 @@ def test_uint8_batches_finished_where_the_model_is_train_the_weights_of_float_ba
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.slow  # four training runs
 @pytest.mark.parametrize("augment", [["mirror"], ["mirror", "affine", "colour", "noise", "erasing"]])
 def test_uint8_batches_augmented_where_the_model_is_train_what_float_batches_train(augment, data, tmp_path):
     """Every online augmentation, batched on the device (here the CPU's tensors), trains the weights the

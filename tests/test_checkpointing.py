@@ -124,7 +124,9 @@ def assert_same_steps(got, want, grads=True):
         assert all(int(v) == step for n, v in buffers_c.items() if n.endswith("num_batches_tracked"))
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=study.policy_label)
+# the course's example in the fast lane; every policy in the slow one (a compile each: 2-3 s)
+@pytest.mark.parametrize("policy", [p if p == ["layer2", "layer4"] else pytest.param(p, marks=pytest.mark.slow)
+                                    for p in POLICIES], ids=study.policy_label)
 def test_compiled_steps_with_any_policy_equal_eager_steps_without_checkpointing(policy):
     # aot_eager: Dynamo and AOTAutograd as under inductor (tracing, functionalized batch norm,
     # recomputation in the backward graph) without inductor's minutes of code generation
@@ -141,6 +143,7 @@ def test_inductor_compiled_steps_with_checkpointing_equal_compiled_steps_without
     assert_same_steps(compiled[:1], steps("none", count=1), grads=False)
 
 
+@pytest.mark.slow  # two compiles
 def test_compiled_checkpointing_still_stores_fewer_activations():
     """The compiled backward graph recomputes the segments rather than keeping what they computed."""
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))

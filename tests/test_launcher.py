@@ -12,8 +12,9 @@ import pytest
 
 from conftest import tool_env
 from frelon.errors import FrelonError
-from frelon.train import launcher
-from frelon.train.launcher import gpu_slots, visible_gpus
+from frelon.train import gpu_locks, launcher
+from frelon.train.gpu_locks import gpu_slots
+from frelon.train.launcher import visible_gpus
 
 
 def test_concurrent_jobs_get_disjoint_gpus(tmp_path):
@@ -44,7 +45,7 @@ def test_world_size_larger_than_the_gpus_fails_before_training(tmp_path):
 
 
 def test_a_gpu_whose_rank_still_runs_is_not_given_out_although_its_launcher_is_gone(tmp_path):
-    rank = launcher._open_lock(tmp_path / "gpu0.rank.lock")  # a rank of a launch that was killed
+    rank = gpu_locks._open_lock(tmp_path / "gpu0.rank.lock")  # a rank of a launch that was killed
     fcntl.flock(rank, fcntl.LOCK_EX)
     try:
         with gpu_slots(1, ["0", "1"], tmp_path) as claim:
@@ -64,8 +65,8 @@ def test_a_claim_tells_the_ranks_their_lock_files_and_the_lease(tmp_path):
         assert claim.env["FRELON_GPU_LOCKS"].split(os.pathsep) == [str(tmp_path / "gpu3.rank.lock"),
                                                                     str(tmp_path / "gpu1.rank.lock")]
         lease = claim.env["FRELON_GPU_LEASE"]
-        assert not launcher._lease_expired(lease) and len(claim.fds) == 3  # the lease and two claims
-    assert launcher._lease_expired(lease)  # removed with the claim
+        assert not gpu_locks._lease_expired(lease) and len(claim.fds) == 3  # the lease and two claims
+    assert gpu_locks._lease_expired(lease)  # removed with the claim
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def rank_env(tmp_path, monkeypatch):
     lease.touch()
     monkeypatch.setenv("FRELON_GPU_LOCKS", str(path))
     monkeypatch.setenv("FRELON_GPU_LEASE", str(lease))
-    monkeypatch.setattr(launcher, "_HELD_BY_THIS_RANK", held := [])
+    monkeypatch.setattr(gpu_locks, "_HELD_BY_THIS_RANK", held := [])
     yield path, lease
     for fd in held:
         os.close(fd)
@@ -86,8 +87,8 @@ def test_a_rank_holds_its_gpu_lock_while_its_launch_lives(rank_env):
     holder = os.open(lease, os.O_RDONLY)  # the launcher (or torchrun) holds the lease
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
-        launcher.hold_gpu(0)
-        assert launcher._in_use(path)
+        gpu_locks.hold_gpu(0)
+        assert gpu_locks._in_use(path)
     finally:
         os.close(holder)
 
@@ -95,8 +96,8 @@ def test_a_rank_holds_its_gpu_lock_while_its_launch_lives(rank_env):
 def test_a_rank_starting_after_its_launcher_and_torchrun_died_gives_the_gpu_back(rank_env):
     path, lease = rank_env  # nobody holds the lease: another launcher may have claimed the GPU since
     with pytest.raises(FrelonError, match="gone, so the GPU may be another job's"):
-        launcher.hold_gpu(0)
-    assert not launcher._in_use(path)
+        gpu_locks.hold_gpu(0)
+    assert not gpu_locks._in_use(path)
 
 
 def test_lock_files_and_folder_are_usable_by_every_user_whatever_the_umask(tmp_path):
@@ -114,7 +115,7 @@ def test_lock_files_and_folder_are_usable_by_every_user_whatever_the_umask(tmp_p
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may open any file read-write")
 def test_a_lock_file_that_cannot_be_written_is_locked_read_only(tmp_path):
     (tmp_path / "gpu0.lock").touch(0o444)
-    fd = launcher._open_lock(tmp_path / "gpu0.lock")
+    fd = gpu_locks._open_lock(tmp_path / "gpu0.lock")
     try:
         assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
     finally:
@@ -220,7 +221,7 @@ def workstation(tmp_path, monkeypatch):
     calls = []
 
     def run(cmd, env, pass_fds=()):
-        claimed = (tmp_path / "locks").exists() and launcher._in_use(tmp_path / "locks" / "gpu0.lock")
+        claimed = (tmp_path / "locks").exists() and gpu_locks._in_use(tmp_path / "locks" / "gpu0.lock")
         calls.append((cmd, env, list(pass_fds), claimed))
         return 0
 
@@ -254,7 +255,7 @@ def test_a_workstation_launch_claims_gpus_hands_them_to_its_ranks_and_records_th
     [record] = records(tmp_path)
     assert record["cuda_visible_devices"] == "0,1" and record["world_size"] == 2 and record["slurm_job_id"] is None
     assert record["pid"] == os.getpid() and record.keys() >= {"host", "time", "gpus"}
-    assert not launcher._in_use(tmp_path / "locks" / "gpu0.lock")  # given back after the job
+    assert not gpu_locks._in_use(tmp_path / "locks" / "gpu0.lock")  # given back after the job
 
 
 def test_under_slurm_the_ranks_run_in_a_job_step_of_their_own_and_nothing_is_locked(workstation, tmp_path,

@@ -1,6 +1,6 @@
 """`snakemake --cores all --resources gpu=4` on a GPU workstation, simulated on the CPU: pretended
 GPUs (FRELON_FAKE_GPUS), the real launcher and torchrun, and stand-in ranks that take their GPU
-locks exactly as the worker does (`launcher.hold_gpu`), or the real worker."""
+locks exactly as the worker does (`gpu_locks.hold_gpu`), or the real worker."""
 
 import json
 import os
@@ -14,13 +14,13 @@ import pytest
 
 from conftest import tool_env
 from frelon.errors import FrelonError
-from frelon.train import launcher
-from frelon.train.launcher import gpu_slots
+from frelon.train import gpu_locks
+from frelon.train.gpu_locks import gpu_slots
 
 STAND_IN_RANK = '''
 import json, os, time
 from pathlib import Path
-from frelon.train.launcher import hold_gpu
+from frelon.train.gpu_locks import hold_gpu
 
 local = int(os.environ["LOCAL_RANK"])
 hold_gpu(local)
@@ -115,11 +115,11 @@ def test_a_killed_launchers_gpus_come_back_only_after_its_ranks_are_gone(machine
 
     os.kill(proc.pid, signal.SIGKILL)  # the launcher: torchrun still holds the claims
     proc.wait()
-    assert launcher._in_use(locks / "gpu0.lock") and launcher._in_use(locks / "gpu1.lock")
+    assert gpu_locks._in_use(locks / "gpu0.lock") and gpu_locks._in_use(locks / "gpu1.lock")
     assert taken(locks)
     torchrun.send_signal(signal.SIGKILL)  # and torchrun: the ranks still hold their rank locks
     torchrun.wait(timeout=10)
-    assert not launcher._in_use(locks / "gpu0.lock") and launcher._in_use(locks / "gpu0.rank.lock")
+    assert not gpu_locks._in_use(locks / "gpu0.lock") and gpu_locks._in_use(locks / "gpu0.rank.lock")
     assert taken(locks)
 
     (ranks / "release").touch()
@@ -149,11 +149,11 @@ def test_the_real_worker_holds_its_pretended_gpu_while_it_trains_on_the_cpu(data
     rank_lock = tmp_path / "locks" / "gpu0.rank.lock"
     held = False
     while proc.poll() is None and not held:
-        held = rank_lock.exists() and launcher._in_use(rank_lock)
+        held = rank_lock.exists() and gpu_locks._in_use(rank_lock)
         time.sleep(0.05)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, output
     assert held, "the rank never held its GPU's lock"
-    assert (tmp_path / "run" / "model.pt").exists() and not launcher._in_use(rank_lock)
+    assert (tmp_path / "run" / "model.pt").exists() and not gpu_locks._in_use(rank_lock)
     [record] = [json.loads(line) for line in (tmp_path / "launches.jsonl").read_text().splitlines()]
     assert (record["cuda_visible_devices"], record["gpus"], record["world_size"]) == ("0", ["0"], 1)

@@ -1,6 +1,6 @@
 """Process-group set-up from torchrun's environment; exact sharding for evaluation.
 
-A rank launched on a GPU first takes that GPU's lock (`launcher.hold_gpu`), before anything
+A rank launched on a GPU first takes that GPU's lock (`gpu_locks.hold_gpu`), before anything
 touches CUDA, and keeps it until it exits. With FRELON_FAKE_GPUS set (tests only) the launcher
 hands out pretended GPUs: the ranks take their locks as on real ones but train on the CPU with
 gloo, whatever `device` says.
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from frelon.train import preemption
-from frelon.train.launcher import fake_gpus, hold_gpu
+from frelon.train.gpu_locks import fake_gpus, hold_gpu
 
 # How long a rank waits in a collective for the others (NCCL's default is 10 minutes): rank 0 alone scores
 # COCO (pycocotools) while the others wait, several minutes for val2017 on a slow host.

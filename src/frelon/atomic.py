@@ -1,4 +1,12 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+"""Atomic, crash-safe writes: a reader sees the old file or the new one, never half of one, even after
+the machine loses power.
+
+A file is written beside its target, flushed to the disk (`fsync`), renamed over the target, and the
+folder's entry flushed too: without the two syncs a rename can reach the disk before the data, and a
+power cut leaves an empty checkpoint. A folder (a prepared dataset) is built beside its target and
+swapped in by one rename (Linux's `renameat2(RENAME_EXCHANGE)`; where the file system lacks it, the old
+folder is renamed aside first and removed only once the new one is in place), so a kill at any moment
+leaves the old folder or the new one whole, never a half-deleted mix.
 
 A full disk (or quota) while writing leaves the previous version as it was and raises `DiskFull`,
 which says which disk, how much the write needed and how much is free.
@@ -7,7 +15,10 @@ which says which disk, how much the write needed and how much is free.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import json
 import os
 import shutil
@@ -65,20 +76,78 @@ def _disk_full(target: Path, written: int, reason: str) -> DiskFull:
                     f"{free_space_hint(target.parent, max(written, previous))}", reason, written)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (`os.umask` can only be read by setting it, which other
+    threads would see for that moment): from /proc on Linux, else by the set-and-restore."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def sync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data (or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(folder: Path) -> None:
+    """Flush every file and folder under `folder`, and `folder` itself, to the disk."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                sync_file(os.path.join(root, name))
+        sync_file(root)
+
+
+@functools.cache
+def _renameat2():
+    """libc's renameat2, or None (not Linux, or a libc without it)."""
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux's renameat2 RENAME_EXCHANGE); False where the
+    system or file system cannot (the caller then falls back to two renames)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `target`; move it into place only if the block succeeds, its data and
+    the folder's new entry flushed to the disk."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_path.chmod(0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    tmp_path.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
+        sync_file(tmp_path)
         os.replace(tmp_path, target)
+        sync_file(target.parent)
     except OSError as exc:
         if exc.errno not in FULL:
             raise
@@ -96,14 +165,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    work.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
+    work.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the usual permissions
     try:
         yield work
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(work, target)
+        sync_tree(work)
+        _swap_in(work, target)
+        sync_file(target.parent)
     except DiskFull as exc:  # an atomic write of a file inside `work`
         written = bytes_in(work) + exc.written
         shutil.rmtree(work, ignore_errors=True)
@@ -116,6 +183,19 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         raise _disk_full(target, written, exc.strerror or "no space left") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _swap_in(work: Path, target: Path) -> None:
+    """Put the folder `work` at `target`; a previous `target` ends up at `work` (removed by the caller). A
+    kill at any moment leaves `target` the old folder or the new one, whole: one exchange where the file
+    system has it; else the old folder renamed aside (then `target` is missing for a moment, never mixed)."""
+    if not target.exists() and not target.is_symlink():
+        os.replace(work, target)
+    elif not (target.is_dir() and not target.is_symlink() and exchange(work, target)):
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, aside / target.name)
+        os.replace(work, target)
+        os.replace(aside, work)  # removed with `work`: the old folder is inside it
 
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:

@@ -72,6 +72,7 @@ def wait_for(condition, timeout=60, what=""):
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a cold start or several processes: seconds
 def test_concurrent_launches_never_share_a_gpu(machine, tmp_path):
     jobs = [machine(f"job{i}", 2, 4, 60) for i in range(3)]  # 3 x 2 GPUs on 4: one job must wait
     running = lambda: list((tmp_path / "ranks").glob("*.pid"))  # noqa: E731
@@ -104,6 +105,7 @@ def taken(lock_dir):
         return True
 
 
+@pytest.mark.slow  # a cold start or several processes: seconds
 def test_a_killed_launchers_gpus_come_back_only_after_its_ranks_are_gone(machine, tmp_path):
     locks, ranks = tmp_path / "locks", tmp_path / "ranks"
     proc = machine("job", 2, 2, 60)

@@ -241,7 +241,13 @@ def launch(worker_args: list[str], world_size: int, device: str, threads: int | 
         with tempfile.TemporaryDirectory(prefix="frelon-launch-") as tmp:
             marker = Path(tmp) / "preempted"
             env[PREEMPTED_MARKER] = str(marker)
-            code = warm.run(WORKER, worker_args, world_size, env, int(per_process)) if use_warm else None
+            code = None
+            if use_warm:
+                try:  # warm.run raises only before anything started: then start it cold
+                    code = warm.run(WORKER, worker_args, world_size, env, int(per_process))
+                except Exception as exc:  # noqa: BLE001 - whatever broke the warm path, the run goes on cold
+                    print(f"frelon: no warm server ({type(exc).__name__}: {exc}); starting cold", file=sys.stderr,
+                          flush=True)
             if code is None:  # cold: a new interpreter per rank (and torchrun for several)
                 code = _run_forwarding_signals(cmd, env, claim.fds)
             return EXIT_PREEMPTED if code != 0 and marker.exists() else code

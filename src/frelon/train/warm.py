@@ -91,16 +91,32 @@ def _key(env: dict[str, str]) -> str:
     for root, dirs, files in os.walk(package):
         dirs.sort()
         for name in sorted(files):
-            if name.endswith(".py"):
-                st = os.stat(os.path.join(root, name))
+            if name.endswith(".py"):  # lstat: an editor's dangling lock link (.#engine.py) is a name, not an error
+                st = os.lstat(os.path.join(root, name))
                 parts.append(f"{root}/{name}:{st.st_size}:{st.st_mtime_ns}")
     for module in ("torch", "torchvision"):
         spec = importlib.util.find_spec(module)
         if spec and spec.origin:
             st = os.stat(spec.origin)
             parts.append(f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}")
+    # any package installed, upgraded or removed: pip and uv add and remove a `*.dist-info` folder in
+    # site-packages, which changes that folder's mtime (only those folders: the working directory, also on
+    # sys.path with `python -m`, changes with every file a pipeline writes)
+    for entry in site_packages():
+        with contextlib.suppress(OSError):
+            parts.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
+    # what the interpreter fixed at its start: a server started with another hash seed hashes otherwise
+    parts.append(f"PYTHONHASHSEED={env.get('PYTHONHASHSEED', '')}")
     digest.update("\n".join(parts).encode())
     return digest.hexdigest()[:20]
+
+
+def site_packages() -> list[str]:
+    """The folders packages are installed into, for this interpreter (and the user's)."""
+    import site
+
+    folders = [*site.getsitepackages(), site.getusersitepackages()]
+    return [f for f in dict.fromkeys(folders) if os.path.isdir(f)]
 
 
 # --- the client: the launcher's side ---------------------------------------------------------------
@@ -132,14 +148,41 @@ def _receive_message(sock: socket.socket, with_fds: bool = False) -> tuple[dict 
     return json.loads(buffer[4:4 + size]), fds
 
 
+PEERCRED = struct.Struct("iII")  # struct ucred: pid_t pid (signed), uid_t uid, gid_t gid (unsigned)
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last a NUL
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    return PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))[1]
+
+
 def _connect(path: Path) -> socket.socket | None:
+    """A connection to the server at `path`, if one listens there and runs as this user."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
+        if peer_uid(sock) != os.getuid():  # a socket another user put in a shared FRELON_WARM_DIR
+            raise PermissionError(f"{path} is served by user {peer_uid(sock)}")
     except OSError:
         sock.close()
         return None
     return sock
+
+
+def _lock_free(lock: Path) -> bool:
+    """Whether no server holds `lock` (one that is starting, serving or exiting does)."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _server(folder: Path, key: str, env: dict[str, str]) -> socket.socket | None:
@@ -148,29 +191,37 @@ def _server(folder: Path, key: str, env: dict[str, str]) -> socket.socket | None
     sock = _connect(path)
     if sock:
         return sock
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:  # checked here: a server would import for 3 s, then fail to bind
+        print(f"frelon: no warm server: its socket path {path} is longer than a Unix socket's {MAX_SOCKET_PATH} "
+              f"bytes; starting cold (set {DIR_VAR} to a shorter folder)", file=sys.stderr, flush=True)
+        return None
     import frelon
 
-    log = open(folder / f"{key}.log", "ab")
+    log_name = folder / f"{key}.log"
     server_env = {k: v for k, v in env.items() if not k.startswith(("OMP_", "MKL_", "OPENBLAS_", "GOTO_", "VECLIB_",
                                                                      "NUMEXPR_", "CUDA_", "RANK", "LOCAL_RANK",
                                                                      "WORLD_SIZE", "FRELON_PREEMPTED"))}
     server_env.pop("PYTHONSTARTUP", None)
-    process = subprocess.Popen([sys.executable, "-m", "frelon.train.warm", "--serve", str(path),
-                                str(Path(frelon.__file__).resolve())],
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=server_env, cwd="/",
-                               start_new_session=True, close_fds=True)
-    log.close()
     deadline = time.monotonic() + START_TIMEOUT_S
+    process = None
     while time.monotonic() < deadline:
+        if process is None or (process.poll() == 0 and _lock_free(path.with_suffix(".lock"))):
+            # none started yet, or ours lost the race to a server that has exited since (idle) without
+            # serving: start one (again)
+            with open(log_name, "ab") as log:
+                process = subprocess.Popen([sys.executable, "-m", "frelon.train.warm", "--serve", str(path),
+                                            str(Path(frelon.__file__).resolve())],
+                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=server_env, cwd="/",
+                                           start_new_session=True, close_fds=True)
         sock = _connect(path)
         if sock:
             return sock
         if process.poll() not in (None, 0):  # 0: another server won the race; wait for its socket
-            print(f"frelon: the warm server did not start (exit {process.returncode}, see {log.name}); "
+            print(f"frelon: the warm server did not start (exit {process.returncode}, see {log_name}); "
                   f"starting cold", file=sys.stderr, flush=True)
             return None
         time.sleep(0.05)
-    print(f"frelon: no warm server after {START_TIMEOUT_S:.0f} s (see {log.name}); starting cold",
+    print(f"frelon: no warm server after {START_TIMEOUT_S:.0f} s (see {log_name}); starting cold",
           file=sys.stderr, flush=True)
     return None
 
@@ -183,7 +234,7 @@ def run(module: str, worker_args: list[str], world_size: int, env: dict[str, str
         return None
     key = _key(env)
     request = {"module": module, "args": list(worker_args), "world_size": world_size, "env": env,
-               "cwd": os.getcwd(), "threads": threads}
+               "cwd": os.getcwd(), "threads": threads, "state": process_state()}
     for _ in range(3):  # a server that was just exiting for idleness closes without answering
         sock = _server(folder, key, env)
         if sock is None:
@@ -205,6 +256,8 @@ def run(module: str, worker_args: list[str], world_size: int, env: dict[str, str
             previous = {sig: signal.signal(sig, forward) for sig in RELAYED}
             try:
                 done, _ = _receive_message(sock)
+            except OSError:  # the run has started: never start it again cold
+                done = None
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
@@ -215,16 +268,60 @@ def run(module: str, worker_args: list[str], world_size: int, env: dict[str, str
     return None
 
 
+def _is_server(pid: int, socket_path: Path) -> bool:
+    """Whether process `pid` is this user's warm server of `socket_path` (a leftover .pid file can name a
+    process that has nothing to do with it by now)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return False
+    return owner == os.getuid() and b"frelon.train.warm" in cmdline and os.fsencode(socket_path) in cmdline
+
+
 def stop(folder: str | os.PathLike | None = None) -> int:
     """Stop the warm servers whose sockets are in `folder` (default: this user's); their runs go on."""
     folder = Path(folder) if folder else _folder(dict(os.environ))
     stopped = 0
     for pid_file in Path(folder).glob("*.pid") if folder else []:
         with contextlib.suppress(ValueError, OSError):
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            stopped += 1
+            pid = int(pid_file.read_text())
+            if _is_server(pid, pid_file.with_suffix(".sock")):
+                os.kill(pid, signal.SIGTERM)
+                stopped += 1
         pid_file.unlink(missing_ok=True)
     return stopped
+
+
+def process_state() -> dict:
+    """What a cold start would inherit from the launcher's process beyond its environment: the umask, the
+    resource limits, the CPUs it may run on and its nice value (`_apply_state` gives them to the run)."""
+    import resource
+
+    from frelon.atomic import current_umask
+
+    limits = {name: resource.getrlimit(getattr(resource, name)) for name in RLIMITS if hasattr(resource, name)}
+    return {"umask": current_umask(), "rlimits": limits, "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+
+
+RLIMITS = ("RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE",
+           "RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_MEMLOCK")
+
+
+def _apply_state(state: dict) -> None:
+    """The launcher's `process_state` on this process (the supervisor, before it forks the ranks)."""
+    import resource
+
+    os.umask(state["umask"])
+    for name, (soft, hard) in state["rlimits"].items():
+        with contextlib.suppress(ValueError, OSError):  # a hard limit above the server's cannot be raised
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+    if state["cpus"] is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, state["cpus"])
+    delta = state["nice"] - os.getpriority(os.PRIO_PROCESS, 0)
+    if delta > 0:  # only lower: a user cannot raise a priority back
+        os.nice(delta)
 
 
 # --- the server -------------------------------------------------------------------------------------
@@ -258,23 +355,24 @@ def _serve(path: Path, frelon_file: str) -> int:
     except BlockingIOError:
         return 0  # another server of the same key is starting or running
     started = time.monotonic()
-    _preload()
-    if threading.active_count() != 1:
-        print(f"{threading.active_count()} threads after the imports: not forking from them", file=sys.stderr)
-        return 3
+    pid_file = path.with_suffix(".pid")
     path.unlink(missing_ok=True)  # a dead server's: we hold the lock
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(64)
-    pid_file = path.with_suffix(".pid")
-    pid_file.write_text(str(os.getpid()))
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"[{time.strftime('%H:%M:%S')}] serving {path} (pid {os.getpid()}, ready in "
-          f"{time.monotonic() - started:.1f} s)", flush=True)
-    idle = float(os.environ.get(IDLE_VAR, DEFAULT_IDLE_S))
-    last = time.monotonic()
     try:
+        # bound first: what cannot work (a path too long, a full disk) fails before seconds of imports
+        listener.bind(str(path))
+        listener.listen(64)
+        pid_file.write_text(str(os.getpid()))
+        _preload()  # clients that connect meanwhile wait in the backlog
+        if threading.active_count() != 1:
+            print(f"{threading.active_count()} threads after the imports: not forking from them", file=sys.stderr)
+            return 3
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print(f"[{time.strftime('%H:%M:%S')}] serving {path} (pid {os.getpid()}, ready in "
+              f"{time.monotonic() - started:.1f} s)", flush=True)
+        idle = float(os.environ.get(IDLE_VAR, DEFAULT_IDLE_S))
+        last = time.monotonic()
         while True:
             ready, _, _ = select.select([listener], [], [], 1.0)
             if not ready:
@@ -283,8 +381,7 @@ def _serve(path: Path, frelon_file: str) -> int:
                 continue
             conn, _ = listener.accept()
             last = time.monotonic()
-            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-            if uid != os.getuid():
+            if peer_uid(conn) != os.getuid():
                 conn.close()
                 continue
             if os.fork() == 0:
@@ -299,10 +396,12 @@ def _serve(path: Path, frelon_file: str) -> int:
                     os._exit(code)
             conn.close()
     finally:
-        if pid_file.exists() and pid_file.read_text() == str(os.getpid()):
-            pid_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if pid_file.read_text() == str(os.getpid()):
+                pid_file.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         listener.close()
+        os.close(lock)  # at once, not at the end of the interpreter's teardown: a new server may start now
 
 
 def _free_port() -> int:
@@ -325,6 +424,7 @@ def _supervise(conn: socket.socket) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    _apply_state(request["state"])
     sys.path[0] = request["cwd"]  # as `python -m` started there would have it
     for entry in reversed(request["env"].get("PYTHONPATH", "").split(os.pathsep)):
         if entry and entry not in sys.path:
@@ -343,13 +443,14 @@ def _supervise(conn: socket.socket) -> int:
         signal.signal(sig, relay)
     sys.stdout.flush()
     sys.stderr.flush()
+    supervisor = os.getpid()
     for rank in range(world_size):
         pid = os.fork()
         if pid == 0:
             conn.close()
+            _die_with(supervisor)
             _rank(rank, request)
         ranks[pid] = rank
-    _send(conn, {"pid": os.getpid()})
 
     def watch_client() -> None:  # the launcher is gone (killed): stop the ranks, they save and exit
         with contextlib.suppress(OSError):
@@ -357,7 +458,12 @@ def _supervise(conn: socket.socket) -> int:
                 pass
         relay(signal.SIGTERM, None)
 
-    threading.Thread(target=watch_client, daemon=True).start()
+    try:
+        _send(conn, {"pid": os.getpid()})
+    except OSError:  # the launcher died as the run started (Ctrl-C at start-up): the ranks stop at once
+        relay(signal.SIGTERM, None)
+    else:
+        threading.Thread(target=watch_client, daemon=True).start()
     codes: dict[int, int] = {}
     kill_at = None
     while len(codes) < world_size:
@@ -382,6 +488,17 @@ def _supervise(conn: socket.socket) -> int:
     with contextlib.suppress(OSError):
         _send(conn, {"exit": code})
     return 0
+
+
+def _die_with(parent: int) -> None:
+    """Have Linux send this process SIGTERM when `parent` (its supervisor) dies, the usual save-and-exit path;
+    if it died already, before this was set, stop now: no rank trains on without a parent watching it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGTERM)
 
 
 def _rank(rank: int, request: dict) -> None:

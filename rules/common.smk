@@ -17,6 +17,8 @@ DETECTION_RUNS = (
     "|".join(re.escape(run) for run in frelon_spec.all_runs(config) if frelon_spec.task_of(config, run) == "detection")
     or "(?!)"
 )
+# Your own detection sets (detection_data entries with a format), prepared by prepare_detection
+OWN_DETECTION = {name: entry for name, entry in DETECTION.items() if "format" in entry}
 # Every archive of the config by its file name: data/archives/<file>
 ARCHIVES = {frelon_config.archive_name(entry["url"]): entry for _, entry in frelon_config.archive_entries(config)}
 
@@ -57,6 +59,7 @@ wildcard_constraints:
     study="|".join(map(re.escape, config["studies"])),
     file="|".join(map(re.escape, ARCHIVES)) or "^$",
     name=r"[^/]+",
+    detection="|".join(map(re.escape, OWN_DETECTION)) or "(?!)",
 
 
 def run_spec(wildcards):
@@ -179,6 +182,30 @@ def coco_root(wildcards):
     return DETECTION["coco"].get("root", "data/raw/coco")
 
 
+def own_detection_inputs(wildcards):
+    """What your own detection set is made from: its YOLO folder, or its COCO files and image folders (checked
+    now: its job is about to be scheduled)."""
+    frelon_config.check_detection_source(config, wildcards.detection)
+    entry = OWN_DETECTION[wildcards.detection]
+    if entry["format"] == "yolo":
+        return [entry["root"]]
+    return [entry[split][key] for split in ("train", "val") for key in ("annotations", "images")]
+
+
+def own_detection_arguments(wildcards, output):
+    """`frelon prepare-detection`'s arguments for your own detection set, quoted for the shell."""
+    entry, out = OWN_DETECTION[wildcards.detection], shlex.quote(output[0])
+    if entry["format"] == "yolo":
+        classes = f" --classes {shlex.quote(','.join(entry['classes']))}" if "classes" in entry else ""
+        return f"yolo {shlex.quote(entry['root'])} {out}{classes}"
+    files = " ".join(
+        f"--{split}-{key} {shlex.quote(entry[split][key])}"
+        for split in ("train", "val")
+        for key in ("annotations", "images")
+    )
+    return f"coco {out} {files}"
+
+
 def all_data():
     """The data products the studies use: weights, prepared (and augmented) datasets, detection sets."""
     used = frelon_config.used_datasets(config)
@@ -197,6 +224,16 @@ def study_references(wildcards):
 
 def study_metrics(wildcards):
     return [f"{run}/metrics.json" for run in frelon_spec.all_runs(config, wildcards.study)]
+
+
+def study_run_files(wildcards):
+    """What the table reads beside each run's metrics.json: its spec.json and history.csv (declared, so that
+    a run folder missing one is trained again rather than failing the table)."""
+    return [
+        f"{run}/{name}"
+        for run in frelon_spec.all_runs(config, wildcards.study)
+        for name in ("spec.json", "history.csv")
+    ]
 
 
 def study_runs(study):

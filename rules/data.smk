@@ -1,5 +1,6 @@
 # Data stages: generated demo data, downloads (weights, archives: fetched, verified), extraction,
-# prepared datasets (classification folders, VOC and COCO as COCO JSON), offline augmentation.
+# prepared datasets (classification folders; VOC, COCO and your own detection sets as COCO JSON), offline
+# augmentation.
 
 
 if "demo" in config:
@@ -33,6 +34,24 @@ if "demo" in config:
         shell:
             "frelon demo-data source {output} --per-class {params.per_class}"
             " --size {params.image_size} --seed {params.seed} > {log} 2>&1"
+
+    if "hornet_detection" in config["demo"]:
+
+        # trap pictures of two hornets, boxed, as a YOLO export (data.yaml, images/, labels/)
+        rule demo_hornet_detection:
+            output:
+                directory("data/demo/hornet-detection"),
+            log:
+                "logs/demo_hornet_detection.log",
+            priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
+            conda:
+                "../envs/frelon.yaml"
+            params:
+                **config["demo"]["hornet_detection"],
+                seed=config["seed"],
+            shell:
+                "frelon demo-data hornet-detection {output} --images {params.images} --size {params.image_size}"
+                " --seed {params.seed} > {log} 2>&1"
 
     from frelon.data.demo_detection import COCO_ARCHIVES, VOC_ARCHIVES
 
@@ -199,6 +218,22 @@ rule prepare_coco:
         "../envs/frelon.yaml"
     shell:
         "frelon prepare-coco {input:q} {output} > {log} 2>&1"
+
+
+rule prepare_detection:
+    input:
+        own_detection_inputs,
+    output:
+        directory("data/prepared/{detection}"),
+    log:
+        "logs/prepare/{detection}.log",
+    priority: 10  # data before training: every run waits for its data, and the long detection runs for theirs
+    conda:
+        "../envs/frelon.yaml"
+    params:
+        arguments=own_detection_arguments,
+    shell:
+        "frelon prepare-detection {params.arguments} > {log} 2>&1"
 
 
 rule data:

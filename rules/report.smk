@@ -4,7 +4,8 @@
 
 rule study_table:
     input:
-        study_metrics,
+        metrics=study_metrics,
+        runs=study_run_files,
     output:
         csv=report("results/tables/{study}.csv", category="{study}"),
         md="results/tables/{study}.md",
@@ -17,7 +18,7 @@ rule study_table:
     params:
         references=study_references,
     shell:
-        "frelon table {input} --csv {output.csv} --md {output.md} --tex {output.tex} --runs-csv {output.runs}"
+        "frelon table {input.metrics} --csv {output.csv} --md {output.md} --tex {output.tex} --runs-csv {output.runs}"
         " --references {params.references:q} > {log} 2>&1"
 
 

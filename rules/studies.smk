@@ -4,7 +4,7 @@
 
 rule study_figure:
     input:
-        lambda wc: [f"{run}/metrics.json" for run in study_runs(wc.study)],
+        lambda wc: [f"{run}/{name}" for run in study_runs(wc.study) for name in ("metrics.json", "history.csv")],
     output:
         report("results/figures/{study}.png", category="{study}"),
     log:

@@ -30,8 +30,9 @@ def test_outputs_are_heatmap_size_and_offset_maps_at_stride_4(decoder):
 def test_size_and_offset_start_near_zero():
     torch.manual_seed(0)
     model = CenterNet(num_classes=3)
-    for head in (model.size, model.offset):
-        assert head[-1].bias.eq(0).all() and head[-1].weight.std().item() == pytest.approx(0.001, rel=0.2)
+    for head in (model.size, model.offset):  # the official init: both convolutions N(0, 0.001), biases 0
+        for conv in (head[0], head[-1]):
+            assert conv.bias.eq(0).all() and conv.weight.std().item() == pytest.approx(0.001, rel=0.2)
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
     assert out["size"].abs().max() < 0.1 and out["offset"].abs().max() < 0.1
@@ -154,3 +155,13 @@ def test_the_deformable_decoder_runs_under_cpu_autocast_in_bf16():
     loss.backward()
     assert all(torch.isfinite(v).all() for v in out.values()) and out["heatmap"].dtype == torch.bfloat16
     assert model.decoder[0][0].conv.weight.grad is not None
+
+
+def test_the_unet_upsampling_runs_in_fp32_under_cpu_autocast_and_hands_on_bf16():
+    """oneDNN's depthwise transposed convolution is many times slower in bf16 on a CPU: computed in fp32."""
+    torch.manual_seed(0)
+    stage = CenterNet(2, decoder="unet").decoder[0]
+    x = torch.randn(2, 512, 2, 2).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        up = stage.upsample(x)
+    assert up.dtype == torch.bfloat16 and torch.equal(up, stage.up(x.float()).bfloat16())

@@ -178,7 +178,7 @@ def training_set(root, raw=True, seed=0, epoch=3, **augment) -> DetectionSet:
 
 
 def test_a_training_batch_carries_warped_uint8_images_and_finish_makes_the_input_and_each_images_targets(squares_set):
-    dataset = training_set(squares_set, translate=0.4, epoch=6)
+    dataset = training_set(squares_set, crop="shift", translate=0.4, epoch=6)
     batch = collate(dataset.__getitems__(list(range(12))))
     assert isinstance(batch, DetectionBatch) and batch.images.shape == (12, 3, 64, 64)
     assert batch.images.dtype == torch.uint8 and set(batch.colour) == {"brightness", "contrast", "saturation"}
@@ -197,7 +197,7 @@ def test_a_training_batch_carries_warped_uint8_images_and_finish_makes_the_input
                             (64, 64), max_objects=8, min_overlap=SETTINGS["min_overlap"])
         for key, value in one.items():
             assert torch.allclose(targets[key][b].double(), value.double(), atol=1e-6, rtol=0), key
-    unjittered = training_set(squares_set, translate=0.4, epoch=6, brightness=0, contrast=0, saturation=0)
+    unjittered = training_set(squares_set, crop="shift", translate=0.4, epoch=6, brightness=0, contrast=0, saturation=0)
     plain = unjittered.__getitems__([0, 1])
     assert plain.colour == {} and torch.equal(plain.images, batch.images[:2])  # colour settings: the batch's work
     mean, std = torch.tensor(PREPROCESSING["mean"]).view(3, 1, 1), torch.tensor(PREPROCESSING["std"]).view(3, 1, 1)
@@ -248,7 +248,7 @@ def test_a_large_jpeg_is_decoded_at_a_reduction_and_warped_as_the_full_picture(t
     pixels[:, 300:700, 400:1000] = 220
     root = prepared_pictures(tmp_path, [(F.to_pil_image(pixels), [[400.0, 300.0, 600.0, 400.0]], [2])])
     dataset = training_set(root)
-    augmentation = draw_augmentation(dataset.augment, dataset.seed, dataset.epoch, 0)
+    augmentation = draw_augmentation(dataset.augment, dataset.seed, dataset.epoch, 0, dataset.letterbox(0))
     matrix = training_matrix(dataset.letterbox(0), augmentation)
     reduced, reduction = dataset._decode(0, scale=float(matrix[:, :2].abs().max()))
     assert reduction == 8 and reduced.size == (200, 150)
@@ -257,3 +257,17 @@ def test_a_large_jpeg_is_decoded_at_a_reduction_and_warped_as_the_full_picture(t
     assert (batch.images[0].float() - full).abs().mean() < 2
     x0, y0, x1, y1 = batch.boxes[0, 0].round().int().tolist()
     assert batch.images[0, :, y0 + 1:y1 - 1, x0 + 1:x1 - 1].float().mean() > 200
+
+
+def test_crowd_regions_and_difficult_objects_train_as_objects_by_default_or_are_dropped_and_never_scored(tmp_path):
+    picture = Image.new("RGB", (64, 48), (90, 90, 90))
+    root = prepared_pictures(tmp_path, [(picture, [[4.0, 4.0, 20.0, 20.0], [30.0, 10.0, 20.0, 30.0]], [1, 2])])
+    annotations = json.loads((root / "annotations.json").read_text())
+    annotations["annotations"][1]["iscrowd"] = 1  # VOC's difficult objects are stored so
+    (root / "annotations.json").write_text(json.dumps(annotations))
+    official = DetectionSet(root, "train", PREPROCESSING, SETTINGS, train=True)  # the official code reads them all
+    assert official.images[0]["labels"] == [0, 1] and official.images[0]["crowd"] == 1
+    dropped = DetectionSet(root, "train", PREPROCESSING, {**SETTINGS, "crowd": "drop"}, train=True)
+    assert dropped.images[0]["labels"] == [0] and dropped.images[0]["crowd"] == 1
+    scored = DetectionSet(root, "val", PREPROCESSING, SETTINGS)  # what a picture shows as true boxes
+    assert scored.images[0]["labels"] == [0]

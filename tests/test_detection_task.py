@@ -77,6 +77,7 @@ def _evaluate_rank(rank, port, spec, checkpoint, out):
         distributed.shutdown()
 
 
+@pytest.mark.slow  # a cold start or several processes: seconds
 def test_two_gloo_ranks_detect_each_image_once_and_score_as_one_process(trained, tmp_path):
     spec = json.loads((trained / "spec.json").read_text())
     task = DetectionTask(spec)
@@ -120,11 +121,60 @@ def test_frelon_detect_refuses_a_classifier_checkpoint(tmp_path):
         load_detector(tmp_path / "model.pt")
 
 
-def test_an_image_with_more_objects_than_max_objects_is_named(prepared, tmp_path):
-    spec = detection_spec(prepared, tmp_path, **TRAIN)
+def test_an_image_with_more_objects_than_max_objects_trains_on_its_first_ones_counted_or_stops_if_asked(
+        prepared, trained, tmp_path):
+    full = DetectionTask(detection_spec(prepared, tmp_path / "full", **TRAIN)).dataset("train", train=True)
+    crowded = [i for i, im in enumerate(full.images) if len(im["labels"]) > 1]
+    spec = detection_spec(prepared, tmp_path / "one", **TRAIN)
     spec["detection"]["max_objects"] = 1
-    with pytest.raises(FrelonError, match=r"JPEGImages/.*\.jpg has [23] objects, more than detection.max_objects = 1"):
+    task = DetectionTask(spec)
+    dataset = task.dataset("train", train=True)  # the official code's rule: the first max_objects objects
+    assert crowded and dataset.left_out == {"images": len(crowded),
+                                            "objects": sum(len(full.images[i]["labels"]) - 1 for i in crowded)}
+    for i, (kept, whole) in enumerate(zip(dataset.images, full.images)):
+        assert kept["labels"] == whole["labels"][:1] and kept["boxes"] == whole["boxes"][:1], i
+    images, targets = dataset.__getitems__(crowded)
+    assert targets["mask"].sum(1).max() == 1
+    model = task.build_model(pretrained=False)
+    model.load_state_dict(torch.load(trained / "model.pt", weights_only=True)["model"])
+    scores = task.evaluate(model, "test", CPU)
+    assert scores["train_images_over_max_objects"] == len(crowded)
+    assert scores["train_objects_left_out"] == dataset.left_out["objects"]
+    spec["detection"]["too_many_objects"] = "error"
+    with pytest.raises(FrelonError, match=rf"{len(crowded)} image\(s\) have more than detection.max_objects = 1 "
+                                          r"objects, e.g. .*JPEGImages/.*\.jpg with [23]; raise max_objects"):
         DetectionTask(spec).dataset("train", train=True)
+
+
+def test_keep_resolution_scores_each_image_at_its_own_size_padded_to_a_multiple_of_32(trained, tmp_path):
+    from detection_fixtures import prepared_pictures
+    from frelon.tasks.detection.task import size_buckets
+
+    sizes = [(100, 60), (60, 100), (100, 60), (70, 70), (100, 60)]  # (width, height)
+    pictures = [(Image.new("RGB", (w, h), (200, 30, 30)), [[5.0, 5.0, 30.0, 20.0]], [1]) for w, h in sizes]
+    root = prepared_pictures(tmp_path / "sizes", pictures)
+    spec = json.loads((trained / "spec.json").read_text())
+    spec["data"]["dir"], spec["detection"]["test_resolution"] = str(root), "keep"
+    spec["train"]["batch_size"] = 2
+    task = DetectionTask(spec)
+    dataset = task.dataset("val")
+    canvases = [dataset.letterbox(i).canvas for i in range(len(dataset))]
+    assert canvases == [(64, 128), (128, 64), (64, 128), (96, 96), (64, 128)]  # (side | 31) + 1, as --keep_res
+    image, _ = dataset[0]
+    letterbox, mean, std = dataset.letterbox(0), dataset.mean, dataset.std
+    assert image.shape == (3, 64, 128) and (letterbox.left, letterbox.top) == (14, 2)
+    inside = image[:, 2:62, 14:114] * std + mean  # the picture's own pixels, not resized
+    assert torch.allclose(inside, torch.tensor([200, 30, 30]).view(3, 1, 1) / 255, atol=1e-6)
+    assert (image[:, :2] * std + mean).abs().max() < 1e-6  # black around it
+    assert size_buckets(dataset, [0, 1, 2, 3, 4], 2) == [[0, 2], [4], [1], [3]]
+    model = task.build_model(pretrained=False)
+    torch.nn.init.constant_(model.size[-1].bias, 3.0)  # untrained, with boxes of some size: detections everywhere
+    found = task.detect(model, dataset, CPU)
+    assert {d["image_id"] for d in found} == set(dataset.ids)
+    for d in found:  # boxes in each image's own pixels
+        w, h = sizes[dataset.ids.index(d["image_id"])]
+        x, y, bw, bh = d["bbox"]
+        assert 0 <= x and 0 <= y and x + bw <= w + 1e-6 and y + bh <= h + 1e-6
 
 
 def test_a_missing_image_is_named_with_the_fix(prepared, tmp_path):

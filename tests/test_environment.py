@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, copy_workflow, run
+from frelon.data.demo_hornet_detection import generate
 
 ENV_FILE = REPO / "envs" / "frelon.yaml"
 
@@ -120,11 +121,12 @@ def conda_workflow(dest: Path) -> Path:
 @pytest.mark.parametrize("configfile", ["config/demo.yaml", None])
 def test_a_conda_dry_run_resolves_the_environment_of_every_job(tmp_path, fake_conda, configfile):
     work = conda_workflow(tmp_path / "w")
-    if configfile is None:  # the course config, with a small hornet folder where it looks for one
+    if configfile is None:  # the course config, with a small hornet folder and trap set where it looks for them
         for name in ("absence", "presence"):
             (work / "raw" / "hornet" / name).mkdir(parents=True)
             for i in range(3):
                 Image.new("RGB", (40, 40), (40 * i, 90, 60)).save(work / "raw" / "hornet" / name / f"{i}.png")
+        generate(work / "raw" / "hornet_traps", images=4, size=32, seed=0)
     cmd = ["snakemake", "--sdm", "conda", "-n", "--cores", "2"] + (["--configfile", configfile] if configfile else [])
     out = run(cmd, cwd=work).stdout
     # the demo's DAG has a job of every rule: each env file is read (a wrong path fails the dry run)

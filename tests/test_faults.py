@@ -264,12 +264,15 @@ def test_paths_with_shell_metacharacters_reach_each_command_as_one_argument(tmp_
     export = f"data/demo/weights/{NASTY}/resnet18.pth"
     config["demo"]["pretrain"]["export"] = export
     config["weights"]["resnet18"] = {"url": f"file:{export}", "sha256_url": f"file:{export}.sha256"}
+    (work / NASTY / "traps").mkdir()
     config["detection_data"] = {"voc": {**config["detection_data"]["voc"], "devkit": f"{NASTY}/VOCdevkit"},
-                                "coco": {"root": f"{NASTY}/coco"}}
+                                "coco": {"root": f"{NASTY}/coco"},
+                                "hornet_traps": {"format": "yolo", "root": f"{NASTY}/traps", "classes": [NASTY]}}
     del config["detection_data"]["voc"]["archives"]
     (work / "nasty.yaml").write_text(yaml.safe_dump(config))
     dry = run(["snakemake", "data/prepared/hornet", "data/weights/resnet18.pth", "data/prepared/voc",
-               "data/prepared/coco", "-n", "-p", "--cores", "1", "--configfile", "nasty.yaml"], cwd=work, timeout=120)
+               "data/prepared/coco", "data/prepared/hornet_traps", "-n", "-p", "--cores", "1", "--configfile",
+               "nasty.yaml"], cwd=work, timeout=120)
     commands = [line.removeprefix("Shell command: ") for line in dry.stdout.splitlines()
                 if line.startswith("Shell command: frelon ")]
     fake = tmp_path / "bin" / "frelon"
@@ -289,6 +292,8 @@ def test_paths_with_shell_metacharacters_reach_each_command_as_one_argument(tmp_
                                                       "--sha256-url", f"file:{export}.sha256"]
     assert calls["data/prepared/voc"][:2] == ["prepare-voc", f"{NASTY}/VOCdevkit"]
     assert calls["data/prepared/coco"][:2] == ["prepare-coco", f"{NASTY}/coco"]
+    assert calls[f"{NASTY}/traps"] == ["prepare-detection", "yolo", f"{NASTY}/traps", "data/prepared/hornet_traps",
+                                       "--classes", NASTY]
 
 
 # -- a detection run killed half-way through an epoch ---------------------------------------------------------------

@@ -168,13 +168,17 @@ def test_demo_checkpointing_study_measures_every_policy(demo_run):
     assert (demo_run / "results" / "checkpointing" / "checkpointing.png").stat().st_size > 0
 
 
-def test_demo_detection_study_trains_centernet_on_voc_and_coco_and_scores_it_with_pycocotools(demo_run):
+def test_demo_detection_study_trains_centernet_on_voc_coco_and_a_yolo_export_and_scores_it_with_pycocotools(demo_run):
     table = pd.read_csv(demo_run / "results" / "tables" / "detection.csv").set_index("experiment")
-    assert list(table.index) == ["voc-unet", "coco-unet"] and list(table.dataset) == ["voc", "coco"]
-    voc_images = json.loads((demo_run / "data" / "prepared" / "voc" / "report.json").read_text())["splits"]["val"]
-    assert table.loc["voc-unet", "n_val"] == voc_images["images"] and (table.runs == 1).all()
-    assert table.loc["voc-unet", "AP50"] > 0.5 and table.loc["coco-unet", "AP50"] > 0.5  # learnt, not chance
-    assert pd.notna(table.loc["voc-unet", "AP50_voc07"]) and pd.isna(table.loc["coco-unet", "AP50_voc07"])
+    assert list(table.index) == ["voc-unet", "coco-unet", "hornet-unet"]
+    assert list(table.dataset) == ["voc", "coco", "hornet_traps"]
+    for name, dataset in (("voc-unet", "voc"), ("hornet-unet", "hornet_traps")):
+        images = json.loads((demo_run / "data" / "prepared" / dataset / "report.json").read_text())["splits"]["val"]
+        assert table.loc[name, "n_val"] == images["images"]
+    assert (table.runs == 1).all() and (table.AP50 > 0.5).all()  # learnt, not chance
+    assert pd.notna(table.loc["voc-unet", "AP50_voc07"]) and table.AP50_voc07.notna().sum() == 1
+    categories = json.loads((demo_run / "data" / "prepared" / "hornet_traps" / "categories.json").read_text())
+    assert [c["name"] for c in categories] == ["velutina", "crabro"]
     for name in table.index:
         run = demo_run / "results" / "runs" / "detection" / name
         assert json.loads((run / "detections.json").read_text()) and (run / "predictions.png").stat().st_size > 0

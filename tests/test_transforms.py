@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from frelon.data.transforms import (COLOUR, Augmentation, Letterbox, apply, augmentation_options,
+from frelon.data.transforms import (COLOUR, Augmentation, Letterbox, Padded, apply, augmentation_options, crop_border,
                                     detection_transform, draw_augmentation, jitter_colour, training_matrix,
                                     warp_boxes, warp_image)
 from frelon.errors import FrelonError
@@ -102,7 +102,7 @@ def test_training_warps_keep_boxes_on_their_object_and_are_seeded_per_sample():
     options = augmentation_options(NO_COLOUR)
     checked = flipped = 0
     for index in range(40):
-        augmentation = draw_augmentation(options, seed=0, epoch=1, index=index)
+        augmentation = draw_augmentation(options, seed=0, epoch=1, index=index, letterbox=letterbox)
         matrix = training_matrix(letterbox, augmentation)
         out, (box, _, dropped) = warp_image(pil, matrix, 64), warp_boxes(boxes, labels, matrix, 64)
         assert out.shape == (3, 64, 64) and out.dtype == torch.uint8
@@ -119,13 +119,13 @@ def test_training_warps_keep_boxes_on_their_object_and_are_seeded_per_sample():
             checked += 1
         flipped += augmentation.flip
     assert checked >= 20 and 0 < flipped < checked
-    draws = [draw_augmentation(options, seed=0, epoch=epoch, index=7) for epoch in (1, 1, 2)]
+    draws = [draw_augmentation(options, seed=0, epoch=epoch, index=7, letterbox=letterbox) for epoch in (1, 1, 2)]
     assert draws[0] == draws[1] and draws[0] != draws[2]
-    assert draw_augmentation(options, seed=1, epoch=1, index=7) != draws[0]
+    assert draw_augmentation(options, seed=1, epoch=1, index=7, letterbox=letterbox) != draws[0]
 
 
 def test_the_draws_follow_centernets_ranges_and_settings_of_zero_switch_steps_off():
-    o = augmentation_options({"hue": 0.1})
+    o = augmentation_options({"crop": "shift", "hue": 0.1})
     draws = [draw_augmentation(o, seed=3, epoch=0, index=i) for i in range(2000)]
     zooms = torch.tensor([d.zoom for d in draws])
     assert 1 / 1.3 <= zooms.min() < 0.8 and 1.6 < zooms.max() <= 1 / 0.6  # a crop of 0.6-1.3 of the side
@@ -134,22 +134,66 @@ def test_the_draws_follow_centernets_ranges_and_settings_of_zero_switch_steps_of
     assert 0.45 < sum(d.flip for d in draws) / len(draws) < 0.55
     colour = torch.tensor([d.colour for d in draws])
     assert (colour[:, :3] >= 0.6).all() and (colour[:, :3] <= 1.4).all() and colour[:, 3].abs().max() <= 0.1
-    still = draw_augmentation(augmentation_options({"scale": [1, 1], "translate": 0, "flip": 0, **NO_COLOUR}), 3, 0, 5)
+    still = draw_augmentation(augmentation_options({"crop": "shift", "scale": [1, 1], "translate": 0, "flip": 0,
+                                                      **NO_COLOUR}), 3, 0, 5)
     assert still == STILL
 
 
+def test_the_random_crop_is_centernets_a_side_from_the_scales_centred_anywhere_in_the_image_but_its_border():
+    letterbox, o = Letterbox(300, 500, 64), augmentation_options({})
+    assert o["crop"] == "random" and o["scales"] == pytest.approx([0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3])
+    draws = [draw_augmentation(o, seed=3, epoch=0, index=i, letterbox=letterbox) for i in range(4000)]
+    sides = torch.tensor([1 / d.zoom for d in draws])
+    for side in o["scales"]:  # each side equally often
+        assert 0.10 < ((sides - side).abs() < 1e-9).float().mean() < 0.15, side
+    centres = []
+    for d in draws:  # the image point the crop centres on: the input's centre mapped back
+        matrix = training_matrix(letterbox, d._replace(flip=False))
+        centres.append(((torch.tensor([32.0, 32.0], dtype=torch.float64) - matrix[:, 2]) / matrix.diagonal()).tolist())
+    x, y = torch.tensor(centres).T
+    assert crop_border(128, 500) == 128 and crop_border(128, 300) == 128 and crop_border(128, 200) == 64
+    assert 128 <= x.min() < 130 and 370 < x.max() <= 372 and 128 <= y.min() < 129.5 and 170.5 < y.max() <= 172
+    for values, low, high in ((x, 128, 372), (y, 128, 172)):  # uniform: each quarter of the range a quarter
+        quarters = ((values - low) / (high - low) * 4).floor().clamp(max=3).long().bincount(minlength=4) / len(values)
+        assert (quarters - 0.25).abs().max() < 0.03
+    assert crop_border(128, 96) == 32 and crop_border(128, 40) == 16 and crop_border(0, 40) == 0
+    with pytest.raises(ValueError, match="give the image's letterbox"):
+        draw_augmentation(o, 0, 0, 0)
+
+
+def test_keep_resolution_pads_the_image_to_the_next_multiple_of_32_and_maps_boxes_back():
+    padded = Padded(480, 640)
+    assert padded.canvas == (512, 672) and (padded.left, padded.top) == (16, 16)
+    assert Padded(512, 500).canvas == (544, 512)  # (side | 31) + 1: a side already a multiple gets 32 more
+    boxes = torch.tensor([[16.0, 16.0, 116.0, 66.0], [600.0, 400.0, 700.0, 600.0]], dtype=torch.float64)
+    assert padded.to_original(boxes).tolist() == [[0.0, 0.0, 100.0, 50.0], [584.0, 384.0, 640.0, 480.0]]
+    image = torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8)
+    out, _ = apply(detection_transform(padded), image, [], [], 0, 0, 0)
+    assert out.shape == (3, 512, 672) and torch.allclose(out[:, 16:496, 16:656], image.float() / 255, atol=1e-6)
+    assert out[:, :16].abs().max() == 0 and out[:, :, 656:].abs().max() == 0
+
+
 def test_wrong_augmentation_settings_are_named():
+    with pytest.raises(FrelonError, match=r"detection.augment \['translate'\]: settings of crop: shift, but the "
+                                          r"crop is random; set crop: shift"):
+        augmentation_options({"translate": 0.2})
+    with pytest.raises(FrelonError, match=r"detection.augment \['scales'\]: settings of crop: random"):
+        augmentation_options({"crop": "shift", "scales": [1.0]})
+    with pytest.raises(FrelonError, match="detection.augment.crop 'centre': unknown"):
+        augmentation_options({"crop": "centre"})
+    with pytest.raises(FrelonError, match="detection.augment.scales"):
+        augmentation_options({"scales": [0.5, 0]})
     with pytest.raises(FrelonError, match=r"detection.augment \['flips'\]: unknown"):
         augmentation_options({"flips": 0.5})
     with pytest.raises(FrelonError, match="detection.augment.scale"):
-        augmentation_options({"scale": [1.3, 0.6]})
+        augmentation_options({"crop": "shift", "scale": [1.3, 0.6]})
     with pytest.raises(FrelonError, match="detection.augment.hue 0.7: must be between 0 and 0.5"):
         augmentation_options({"hue": 0.7})
 
 
 def test_a_box_pushed_out_of_the_picture_is_dropped_with_its_label_and_counted():
     boxes, labels = [[10.0, 5.0, 20.0, 20.0], [60.0, 30.0, 30.0, 25.0]], [3, 5]
-    letterbox, options = Letterbox(60, 100, 64), augmentation_options({"translate": 0.9})
+    letterbox, options = Letterbox(60, 100, 64), augmentation_options({"crop": "shift", "translate": 0.9})
     dropped = 0
     for index in range(30):
         matrix = training_matrix(letterbox, draw_augmentation(options, 0, 0, index))

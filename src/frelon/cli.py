@@ -17,6 +17,10 @@ def _demo_data(args: argparse.Namespace) -> None:
         demo.generate_hornet(args.out, args.presence, args.absence, args.size, args.seed)
     elif args.kind == "source":
         demo.generate_source(args.out, args.per_class, args.size, args.seed)
+    elif args.kind == "hornet-detection":
+        from frelon.data import demo_hornet_detection
+
+        print(demo_hornet_detection.generate(args.out, args.images, args.size, args.seed))
     else:
         from frelon.data import demo_detection
         from frelon.data.sources import write_checksum
@@ -70,6 +74,17 @@ def _prepare_coco(args: argparse.Namespace) -> None:
     print(json.dumps(coco.prepare(args.root, args.out), indent=2))
 
 
+def _prepare_detection(args: argparse.Namespace) -> None:
+    from frelon.data import own_detection
+
+    if args.format == "yolo":
+        report = own_detection.prepare_yolo(args.root, args.out, args.classes.split(",") if args.classes else None)
+    else:
+        report = own_detection.prepare_coco_files(args.out, {"train": (args.train_annotations, args.train_images),
+                                                             "val": (args.val_annotations, args.val_images)})
+    print(json.dumps(report, indent=2))
+
+
 def _coco_eval(args: argparse.Namespace) -> None:
     from frelon.atomic import write_json
     from frelon.evaluate.detection import coco_eval
@@ -113,7 +128,20 @@ def _gpus(args: argparse.Namespace) -> None:
 def _detect(args: argparse.Namespace) -> None:
     from frelon.atomic import write_json
     from frelon.report.detections import draw, save_grid
-    from frelon.tasks.detection.inference import detect
+    from frelon.tasks.detection.inference import detect, detect_frames
+    from frelon.tasks.detection.video import DEFAULT_FPS, as_frames
+
+    if as_frames(args.images, args.out, args.fps, args.every, args.counts):
+        def report(source, frames, per_class):
+            found = ", ".join(f"{name} {n}" for name, n in per_class.items() if n) or "nothing"
+            print(f"{source.path}: {frames} frame{'s' * (frames != 1)}, {found}")
+
+        table = detect_frames(args.checkpoint, args.images, args.out, counts=args.counts, draw=args.draw,
+                              fps=DEFAULT_FPS if args.fps is None else args.fps,
+                              every=1 if args.every is None else args.every, flip_test=args.flip_test,
+                              min_score=args.min_score, device=args.device, report=report)
+        print(f"{len(table)} detections: {args.out}" + (f"; counts per minute: {args.counts}" if args.counts else ""))
+        return
 
     found = detect(args.checkpoint, args.images, flip_test=args.flip_test, min_score=args.min_score,
                    device=args.device)
@@ -184,14 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frelon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo-data", help="generate the demo's hornet or pretraining source set, or its "
-                                         "VOC tars and COCO zips (with .sha256 files)")
-    p.add_argument("kind", choices=["hornet", "source", "voc", "coco"])
+    p = sub.add_parser("demo-data", help="generate the demo's hornet or pretraining source set, its "
+                                         "VOC tars and COCO zips (with .sha256 files), or a YOLO hornet detection set")
+    p.add_argument("kind", choices=["hornet", "source", "voc", "coco", "hornet-detection"])
     p.add_argument("out")
     p.add_argument("--presence", type=int, default=140)
     p.add_argument("--absence", type=int, default=248)
     p.add_argument("--per-class", type=int, default=100)
-    p.add_argument("--images", type=int, default=12, help="voc: images per image set; coco: train images (val: half)")
+    p.add_argument("--images", type=int, default=12, help="voc: images per image set; coco: train images (val: "
+                                                          "half); hornet-detection: train images (val: a quarter)")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_data)
@@ -226,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="COCO_DIR")
     p.add_argument("out")
     p.set_defaults(func=_prepare_coco)
+
+    p = sub.add_parser("prepare-detection", help="check your own detection set (YOLO folders or COCO JSON files); "
+                                                 "train.json, val.json (COCO format), categories, report")
+    formats = p.add_subparsers(dest="format", required=True)
+    q = formats.add_parser("yolo", help="a YOLO export: data.yaml, images/ and labels/ (Ultralytics, Roboflow)")
+    q.add_argument("root", metavar="YOLO_DIR", help="the folder holding data.yaml, or images/{train,val} and "
+                                                   "labels/{train,val}")
+    q.add_argument("out")
+    q.add_argument("--classes", help="comma-separated class names in class id order (0, 1, ...); required without "
+                                     "data.yaml, else checked against its names")
+    q.set_defaults(func=_prepare_detection)
+    q = formats.add_parser("coco", help="COCO instances files of your own, one per split, and their image folders")
+    q.add_argument("out")
+    for split in ("train", "val"):
+        q.add_argument(f"--{split}-annotations", required=True, metavar="FILE.json")
+        q.add_argument(f"--{split}-images", required=True, metavar="DIR", help="the folder file_name is relative to")
+    q.set_defaults(func=_prepare_detection)
 
     p = sub.add_parser("coco-eval", help="COCO mAP of detections: prints the 12 summary numbers")
     p.add_argument("--gt", required=True, metavar="GT.json")
@@ -271,11 +317,32 @@ def build_parser() -> argparse.ArgumentParser:
                                     "for snakemake --resources gpu=$(frelon gpus)")
     p.set_defaults(func=_gpus)
 
-    p = sub.add_parser("detect", help="run a trained detector on images: COCO-style detections with class names")
+    p = sub.add_parser("detect", help="run a trained detector on images, videos or folders of frames: detections "
+                                      "with class names")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model.pt of a detection run")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--out", required=True, metavar="DETECTIONS.json")
-    p.add_argument("--draw", metavar="DIR", help="also write each image with its boxes drawn, as DIR/<name>.png")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="images, folders of images, videos (.mp4 .avi .mov .mkv .webm). With a video among them, or "
+                        "--fps, --every, --counts or a .csv --out, inputs are read as frames: a folder is a sequence "
+                        "of frames in name order (number them with leading zeros), an image one frame; otherwise "
+                        "images are separate photos (COCO-style detections)")
+    p.add_argument("--out", required=True, metavar="DETECTIONS.json|.csv",
+                   help="photos: a JSON list of COCO-style detections (file_name, category, score, bbox). Frames: "
+                        "one record per detection (source, frame, time_s, file, category, category_id, score, bbox "
+                        "[x, y, w, h] in the frame's pixels), as a JSON list or CSV rows (bbox as x, y, w, h); a "
+                        "frame without detections has no row, so rows per frame count its detections")
+    p.add_argument("--counts", metavar="COUNTS.csv",
+                   help="frames: per source, minute (time_s // 60) and class, the frames looked at, the detections "
+                        "scoring --min-score or more (a sum over frames: an insect that stays is counted in every "
+                        "frame) and max_per_frame, the most in any one frame: the honest count of the insects in a "
+                        "trap")
+    p.add_argument("--fps", type=float, metavar="RATE",
+                   help="a folder of frames' frame rate, for time_s (default 1 frame a second, a timelapse trap's "
+                        "pace; a video's timestamps are its own)")
+    p.add_argument("--every", type=int, metavar="N", help="frames: look at every Nth frame only, from the first "
+                                                          "(default: every frame)")
+    p.add_argument("--draw", metavar="DIR", help="also write each input with its boxes drawn: DIR/<name>.png for an "
+                                                 "image, DIR/<stem>.mp4 for a video, DIR/<folder>/<frame>.png for a "
+                                                 "folder of frames")
     p.add_argument("--min-score", type=float, default=0.3, help="keep detections scoring at least this")
     p.add_argument("--flip-test", action="store_true", help="average with the mirrored image (slower)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -14,11 +14,10 @@ from frelon.errors import FrelonError
 
 # Rule names a study may not take: `snakemake <study>` builds that study's table.
 RESERVED_TARGETS = ("all", "data", "runs", "report", "metrics", "spec", "train", "train_detection", "train_pretrain",
-                    "evaluate",
-                    "evaluate_detection", "claims", "adversarial_study", "figures",
+                    "evaluate", "evaluate_detection", "claims", "adversarial_study", "figures",
                     "study_table", "checkpointing_study", "fetch_weights", "fetch_archive", "extract",
-                    "prepare_dataset", "augment", "prepare_voc", "prepare_coco", "demo_hornet", "demo_source",
-                    "demo_voc", "demo_coco", "demo_export_weights")
+                    "prepare_dataset", "augment", "prepare_voc", "prepare_coco", "prepare_detection", "demo_hornet",
+                    "demo_hornet_detection", "demo_source", "demo_voc", "demo_coco", "demo_export_weights")
 
 
 # Names that become folder and file names and reach shell commands unquoted (results/runs/<study>/<experiment>,
@@ -113,7 +112,7 @@ def _check_references(config: dict) -> None:
                               f"detection_data (defined: {', '.join([*datasets, *detection])})")
         elif "detection" in experiment or "decoder" in experiment.get("model", {}):
             raise FrelonError(f"config key {where}: detection and model.decoder apply to detection studies "
-                              f"(dataset voc or coco), not to {dataset!r}; remove them")
+                              f"(a dataset of detection_data), not to {dataset!r}; remove them")
         if experiment.get("augmented") and dataset not in config.get("augment", {}):
             raise FrelonError(f"config key {where}: augmented: true, but augment has no entry for {dataset!r}; "
                               f"add augment.{dataset} (e.g. {{multiplier: 4}}) or drop augmented")
@@ -177,6 +176,21 @@ def check_source(config: dict, name: str, pipeline_dir: str | os.PathLike = "dat
             scan(dataset["source"], dataset["classes"])
         except FrelonError as exc:
             raise FrelonError(f"config key datasets.{name}.source: {exc}") from None
+
+
+def check_detection_source(config: dict, name: str, pipeline_dir: str | os.PathLike = "data") -> None:
+    """Check, before any job uses them, the folders and files of your own detection set (not those the
+    pipeline writes, as the demo's): a YOLO export's folder, or the COCO files and their image folders."""
+    entry = config["detection_data"][name]
+    if entry["format"] == "yolo":
+        paths = {"root": entry["root"]}
+    else:
+        paths = {f"{split}.{key}": entry[split][key] for split in ("train", "val") for key in ("annotations", "images")}
+    for key, path in paths.items():
+        if not Path(path).resolve().is_relative_to(Path(pipeline_dir).resolve()) and not Path(path).exists():
+            what = "your YOLO export's folder (data.yaml, images/, labels/)" if key == "root" else (
+                "a COCO instances JSON file" if key.endswith("annotations") else "the folder of that split's images")
+            raise FrelonError(f"config key detection_data.{name}.{key}: {path} does not exist; point it at {what}")
 
 
 def used_datasets(config: dict) -> list[str]:

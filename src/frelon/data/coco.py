@@ -62,24 +62,26 @@ def _clip(box: list[float], width: int, height: int) -> list[float]:
     return [x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0)]
 
 
-def training_targets(annotation_file: str | os.PathLike) -> tuple[CategoryIndex, dict[int, dict]]:
-    """Per image: file name, size, boxes `[x, y, w, h]` and contiguous labels of its non-crowd
-    objects. Crowd regions (and VOC's difficult objects, stored as crowd) stay out of training
-    targets; boxes reaching outside the image are clipped, and boxes without area (from the start,
-    or after clipping) are dropped: each of these is counted per image."""
+def training_targets(annotation_file: str | os.PathLike,
+                     crowd: str = "drop") -> tuple[CategoryIndex, dict[int, dict]]:
+    """Per image: file name, size, boxes `[x, y, w, h]` and contiguous labels of its objects. Crowd
+    regions (and VOC's difficult objects, stored as crowd) are counted, and trained on as objects with
+    `crowd="train"` (the official CenterNet reads every annotation) or left out of the targets with
+    `"drop"`; boxes reaching outside the image are clipped, and boxes without area (from the start, or
+    after clipping) are dropped: each of these is counted per image."""
     try:
         coco = json.loads(Path(annotation_file).read_text())
     except json.JSONDecodeError as exc:
         raise FrelonError(f"{annotation_file} is not valid JSON ({exc}): a damaged or truncated annotation file; "
                           f"extract or convert it again") from None
     try:
-        return _targets(coco, annotation_file)
+        return _targets(coco, annotation_file, crowd)
     except KeyError as exc:  # an entry without a field every COCO image or annotation has
         raise FrelonError(f"{annotation_file}: an image, annotation or category has no {exc.args[0]!r}; not a COCO "
                           f"instances file, or a damaged one: extract or convert it again") from None
 
 
-def _targets(coco: dict, annotation_file: str | os.PathLike) -> tuple[CategoryIndex, dict[int, dict]]:
+def _targets(coco: dict, annotation_file: str | os.PathLike, crowd: str) -> tuple[CategoryIndex, dict[int, dict]]:
     """`training_targets` of the file's parsed contents."""
     if not isinstance(coco, dict) or not coco.get("images") or not coco.get("categories"):
         raise FrelonError(f"{annotation_file} lists no images or no categories: an empty or truncated annotation "
@@ -98,7 +100,8 @@ def _targets(coco: dict, annotation_file: str | os.PathLike) -> tuple[CategoryIn
                               f"which the file's categories do not list ({index.ids})")
         if ann.get("iscrowd", 0):
             image["crowd"] += 1
-            continue
+            if crowd == "drop":
+                continue
         box = _clip(ann["bbox"], image["width"], image["height"])
         if box[2] <= 0 or box[3] <= 0:  # no area inside the image: nothing to learn from, counted
             image["empty_boxes"] += 1

@@ -2,9 +2,10 @@
 
 Every image goes into the network's square input by a *letterbox*: scaled so that its longer side fits,
 aspect ratio kept, centred, the rest padded with black (CenterNet's affine input never stretches an
-image). Evaluation does exactly that (`detection_transform`, `torchvision.transforms.v2`). Training
-applies the CenterNet recipe on top: random zoom (0.6-1.3 crops) and shift of the square, horizontal
-flip, colour jitter. The letterbox, zoom, shift and flip compose into one affine map per image
+image). Evaluation does exactly that (`detection_transform`, `torchvision.transforms.v2`), or, with
+`test_resolution: keep`, takes the image at its own size padded to a multiple of 32 (`Padded`). Training
+applies the CenterNet recipe on top: a random square crop (0.6-1.3 of the image's side, anywhere in it),
+horizontal flip, colour jitter. The letterbox, zoom, shift and flip compose into one affine map per image
 (`training_matrix`), so the picture is resampled once (`warp_image`) and its boxes go through the same
 map (`warp_boxes`); boxes pushed out of the picture or squeezed to nothing are dropped and counted. The
 colour jitter is left to the batch, on the device (`jitter_colour`). Each sample draws from a generator
@@ -27,7 +28,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, rgb_to_grayscale
 from frelon.data.augment import sample_seed
 from frelon.data.batch_augment import rotate_hue
 from frelon.errors import FrelonError
-from frelon.spec import AUGMENT_DEFAULTS
+from frelon.spec import detection_augment
 
 # the colour jitter's operations, in the order they are applied (ColorJitter's factors, a fixed order)
 COLOUR = ("brightness", "contrast", "saturation", "hue")
@@ -58,10 +59,17 @@ class Letterbox:
     def top(self) -> int:
         return (self.size - self.new_height) // 2
 
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """The input's (height, width)."""
+        return self.size, self.size
+
     def transforms(self) -> list:
-        right, bottom = self.size - self.new_width - self.left, self.size - self.new_height - self.top
-        return [v2.Resize((self.new_height, self.new_width), antialias=True),
-                v2.Pad([self.left, self.top, right, bottom], fill=0)]
+        height, width = self.canvas
+        right, bottom = width - self.new_width - self.left, height - self.new_height - self.top
+        resize = [] if (self.new_height, self.new_width) == (self.height, self.width) else [
+            v2.Resize((self.new_height, self.new_width), antialias=True)]
+        return resize + [v2.Pad([self.left, self.top, right, bottom], fill=0)]
 
     def to_original(self, boxes: torch.Tensor) -> torch.Tensor:
         """XYXY boxes in input pixels -> the original image's pixels, clipped to the image."""
@@ -72,6 +80,38 @@ class Letterbox:
         return torch.minimum(out.clamp(min=0), limit)
 
 
+PAD_MULTIPLE = 32  # the network's total stride: every input side a multiple of it
+
+
+@dataclass(frozen=True)
+class Padded(Letterbox):
+    """`test_resolution: keep` (the paper's --keep_res): the image at its own size, centred on a canvas whose
+    sides are the next multiple of 32 above the image's (`(side | 31) + 1`, as the official code: 640 x 480
+    -> 672 x 512). `size` is unused (0)."""
+
+    size: int = 0
+
+    @property
+    def new_height(self) -> int:
+        return self.height
+
+    @property
+    def new_width(self) -> int:
+        return self.width
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        return (self.height | (PAD_MULTIPLE - 1)) + 1, (self.width | (PAD_MULTIPLE - 1)) + 1
+
+    @property
+    def left(self) -> int:
+        return (self.canvas[1] - self.width) // 2
+
+    @property
+    def top(self) -> int:
+        return (self.canvas[0] - self.height) // 2
+
+
 def detection_transform(letterbox: Letterbox) -> v2.Compose:
     """The evaluation input: uint8 image (a PIL image: the resize then runs in PIL's C code) + XYWH boxes in,
     float image (size x size, letterboxed, in [0, 1]) + XYXY boxes out."""
@@ -80,19 +120,21 @@ def detection_transform(letterbox: Letterbox) -> v2.Compose:
 
 
 def augmentation_options(options: dict | None) -> dict:
-    """AUGMENT_DEFAULTS overridden by `options` (the spec's detection.augment), checked."""
-    o = {**AUGMENT_DEFAULTS, **(options or {})}
-    unknown = sorted(set(o) - set(AUGMENT_DEFAULTS))
-    if unknown:
-        raise FrelonError(f"detection.augment {unknown}: unknown; the settings are {sorted(AUGMENT_DEFAULTS)}")
-    scale = o["scale"]
-    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
-        raise FrelonError(f"detection.augment.scale {scale}: give [smallest, largest] crop side as fractions of "
-                          f"the image's, 0 < smallest <= largest (e.g. [0.6, 1.3]; [1, 1] for no zoom)")
-    bounds = {"translate": (0, 1), "flip": (0, 1), "brightness": (0, math.inf), "contrast": (0, math.inf),
-              "saturation": (0, math.inf), "hue": (0, 0.5)}
+    """The detection study's augment settings whole (`spec.detection_augment`: the defaults of the crop it
+    chose), checked."""
+    o = detection_augment(options)
+    if o["crop"] == "shift":
+        scale = o["scale"]
+        if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
+            raise FrelonError(f"detection.augment.scale {scale}: give [smallest, largest] crop side as fractions of "
+                              f"the image's, 0 < smallest <= largest (e.g. [0.6, 1.3]; [1, 1] for no zoom)")
+    elif not (isinstance(o["scales"], (list, tuple)) and o["scales"] and all(s > 0 for s in o["scales"])):
+        raise FrelonError(f"detection.augment.scales {o['scales']}: give the crop sides to draw from as fractions "
+                          f"of the image's longer side, each > 0 (CenterNet's: 0.6, 0.7, ..., 1.3; [1] for none)")
+    bounds = {"translate": (0, 1), "border": (0, math.inf), "flip": (0, 1), "brightness": (0, math.inf),
+              "contrast": (0, math.inf), "saturation": (0, math.inf), "hue": (0, 0.5)}
     for key, (low, high) in bounds.items():
-        if not low <= o[key] <= high:
+        if key in o and not low <= o[key] <= high:
             raise FrelonError(f"detection.augment.{key} {o[key]}: must be between {low} and {high} (0: off)")
     return o
 
@@ -106,23 +148,51 @@ class Augmentation(NamedTuple):
     colour: tuple[float, float, float, float]  # brightness, contrast, saturation factors and hue shift (COLOUR)
 
 
-def draw_augmentation(options: dict, seed: int, epoch: int, index: int) -> Augmentation:
+def crop_border(border: float, extent: int) -> float:
+    """The margin the random crop's centre keeps from an edge of an image `extent` pixels long: `border`,
+    halved until less than half the extent (the official code's `_get_border`, on integers there)."""
+    i = 1
+    while extent - border // i <= border // i:
+        i *= 2
+    return border // i
+
+
+def draw_augmentation(options: dict, seed: int, epoch: int, index: int,
+                      letterbox: Letterbox | None = None) -> Augmentation:
     """Sample `index`'s draws at `epoch`, from its own generator (every distribution of the augmentation is
-    here): a zoom uniform in [1 / scale[1], 1 / scale[0]] (`scale` is the side of CenterNet's crop as a
-    fraction of the picture's: a crop of 0.6 fills the input, the picture zoomed by 1 / 0.6), a shift
-    uniform within +-`translate` input sides on each axis, a mirror with probability `flip` (as
-    v2.RandomAffine and v2.RandomHorizontalFlip drew them), and v2.ColorJitter's factors: brightness,
-    contrast and saturation uniform in [max(0, 1 - x), 1 + x], a hue shift uniform in [-x, x]."""
+    here; `options` as `augmentation_options` gives them). First a mirror with probability `flip` (as
+    v2.RandomHorizontalFlip drew it), then the crop, as a zoom about the input's centre and a shift:
+    - `crop: random` (CenterNet's): the crop's side s x the image's longer side, s one of `scales` with equal
+      chances, its centre uniform in [b, width - b] x [b', height - b'] (`crop_border` of `border`); the
+      crop fills the input, so the zoom is 1 / s and the shift brings the centre to the input's. Needs the
+      image's `letterbox`.
+    - `crop: shift`: a zoom uniform in [1 / scale[1], 1 / scale[0]] (a crop of 0.6 fills the input, the
+      picture zoomed by 1 / 0.6) and a shift uniform within +-`translate` input sides on each axis.
+    Then v2.ColorJitter's factors: brightness, contrast and saturation uniform in [max(0, 1 - x), 1 + x], a
+    hue shift uniform in [-x, x]."""
     generator = torch.Generator().manual_seed(sample_seed(seed, epoch, index))
     # the mirror's draw first, as v2.RandomHorizontalFlip's was when nothing else drew before it: with
     # neither zoom nor shift (the demo's setting) each image is mirrored as it was before one warp
     flip = bool(torch.rand(1, generator=generator) < options["flip"])
     u = torch.rand(7, dtype=torch.float64, generator=generator).tolist()
-    near, far = 1 / options["scale"][1], 1 / options["scale"][0]
     ranges = [(max(0.0, 1 - options[k]), 1 + options[k]) for k in COLOUR[:3]] + [(-options["hue"], options["hue"])]
-    return Augmentation(zoom=near + (far - near) * u[0],
-                        shift=(options["translate"] * (2 * u[1] - 1), options["translate"] * (2 * u[2] - 1)),
-                        flip=flip, colour=tuple(low + (high - low) * v for (low, high), v in zip(ranges, u[3:])))
+    colour = tuple(low + (high - low) * v for (low, high), v in zip(ranges, u[3:]))
+    if options["crop"] == "shift":
+        near, far = 1 / options["scale"][1], 1 / options["scale"][0]
+        return Augmentation(zoom=near + (far - near) * u[0],
+                            shift=(options["translate"] * (2 * u[1] - 1), options["translate"] * (2 * u[2] - 1)),
+                            flip=flip, colour=colour)
+    if letterbox is None:
+        raise ValueError("crop: random draws the crop's centre in the image: give the image's letterbox")
+    scales = options["scales"]
+    zoom = 1 / scales[min(int(u[0] * len(scales)), len(scales) - 1)]
+    shift = []
+    for v, extent, scale, start in ((u[1], letterbox.width, letterbox.new_width / letterbox.width, letterbox.left),
+                                    (u[2], letterbox.height, letterbox.new_height / letterbox.height, letterbox.top)):
+        b = crop_border(options["border"], extent)
+        centre = b + (extent - 2 * b) * v  # image pixels
+        shift.append(-zoom * (scale * centre + start - letterbox.size / 2) / letterbox.size)
+    return Augmentation(zoom=zoom, shift=tuple(shift), flip=flip, colour=colour)
 
 
 def training_matrix(letterbox: Letterbox, augmentation: Augmentation) -> torch.Tensor:

@@ -37,7 +37,7 @@ DECODERS = ("deconv", "dcn", "unet")
 DECODER_CHANNELS = (256, 128, 64)
 HEAD_CHANNELS = 64
 HEATMAP_BIAS = -2.19  # -log((1 - 0.1) / 0.1): every heatmap starts near 0.1
-REGRESSION_STD = 0.001  # size and offset start near 0 (the official init)
+REGRESSION_STD = 0.001  # the size and offset heads start near 0 (the official init)
 TAPS = 9  # positions of a 3x3 kernel, each with a (dy, dx) offset and a mask in DCNv2
 
 
@@ -108,7 +108,15 @@ class UNetStage(nn.Module):
         self.merge = MergeBlock(cin + skip, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.merge(torch.cat([self.up(x), skip], dim=1))
+        return self.merge(torch.cat([self.upsample(x), skip], dim=1))
+
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN's depthwise transposed convolution is 6-13x slower in bf16 than in fp32 on a CPU core (fwd +
+            # bwd, batch 16 at the demo's sizes, measured): in fp32 there, the result back in the autocast dtype
+            with torch.autocast("cpu", enabled=False):
+                return self.up(x.float()).to(x.dtype)
+        return self.up(x)
 
 
 class _WithSkip(nn.Module):
@@ -143,9 +151,11 @@ def _heatmap_head(num_classes: int) -> nn.Sequential:
 
 
 def _regression_head() -> nn.Sequential:
+    """A size or offset head as the official code starts it: both convolutions' weights N(0, 0.001), biases 0."""
     head = _head(2)
-    nn.init.normal_(head[-1].weight, std=REGRESSION_STD)
-    nn.init.zeros_(head[-1].bias)
+    for conv in (head[0], head[-1]):
+        nn.init.normal_(conv.weight, std=REGRESSION_STD)
+        nn.init.zeros_(conv.bias)
     return head
 
 

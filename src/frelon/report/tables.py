@@ -46,6 +46,7 @@ def _detection_row(spec: dict, metrics: dict) -> dict:
         "arch": spec["model"]["arch"],
         "init": spec["model"]["weights"] or "random",
         "input_size": detection["input_size"],
+        "test_resolution": detection.get("test_resolution", "letterbox"),
         "flip_test": detection["flip_test"],
         "epochs": train["epochs"],
         "world_size": train["world_size"],

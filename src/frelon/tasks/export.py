@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class Exportable:
     mean: list[float]
     std: list[float]
     metadata: dict[str, str]
-    load_image: Callable[[Path], torch.Tensor]  # a file -> the uint8 or [0, 1] (3, size, size) network input
+    load_image: Callable[[Path | BinaryIO], torch.Tensor]  # an image file -> uint8 or [0, 1] (3, size, size) input
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images -> the network's input, as in training."""
@@ -149,14 +149,19 @@ def generated_images(n: int, size: int) -> torch.Tensor:
 
 
 def _read_images(net: Exportable, inputs: list[str | os.PathLike]) -> torch.Tensor:
+    """The check's images, as the checkpoint's preprocessing makes them; a video gives a few of its frames."""
     from frelon.tasks.detection.inference import image_files
+    from frelon.tasks.detection.video import check_pictures, is_video
 
     pixels = []
-    for path in image_files(inputs):
+    images = [item for item in inputs if not is_video(item)]
+    for path in image_files(images) if images else []:
         try:
             pixels.append(net.load_image(path))
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise FrelonError(f"{path} is not a readable image ({exc}): leave it out of --images") from None
+    for video in (item for item in inputs if is_video(item)):
+        pixels += [net.load_image(picture) for picture in check_pictures(video)]  # PNG in memory: as a file
     return torch.stack([p.float() / 255 if p.dtype == torch.uint8 else p for p in pixels])
 
 

@@ -73,11 +73,13 @@ def stop_agreed(world: World) -> bool:
     return bool(all_reduce_max(flag).item() > 0)
 
 
-def stoppable(batches, n: int, batch_size: int, world: World):
+def stoppable(batches, n: int, batch_size: int, world: World, common: int | None = None):
     """The evaluation batches of this rank's shard of `n` samples (see `shard`), with a stop check
-    (`stop_agreed`) before each batch that every rank has (shards differ by one sample at most): a stop
-    asked for while the ranks score raises `preemption.StopRequested` on all of them together."""
-    common = -(-(n // world.world_size) // batch_size)  # batches of the smallest shard
+    (`stop_agreed`) before each batch that every rank has (shards differ by one sample at most; `common`:
+    how many every rank has, where batches are not cut evenly): a stop asked for while the ranks score
+    raises `preemption.StopRequested` on all of them together."""
+    if common is None:
+        common = -(-(n // world.world_size) // batch_size)  # batches of the smallest shard
     for i, batch in enumerate(batches):
         if world.world_size == 1:
             asked = preemption.requested()

@@ -24,7 +24,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
 
 from frelon.data.coco import training_targets
 from frelon.data.dataset import Batch, SharedEpoch, _batch_tensor
-from frelon.data.transforms import (COLOUR, Letterbox, apply, augmentation_options, detection_transform,
+from frelon.data.transforms import (COLOUR, Letterbox, Padded, apply, augmentation_options, detection_transform,
                                     draw_augmentation, jitter_colour, training_matrix, warp_boxes, warp_image)
 from frelon.errors import FrelonError
 from frelon.models.centernet import CenterNet
@@ -95,7 +95,9 @@ class DetectionSet(SharedEpoch, Dataset):
     def __init__(self, prepared: str | os.PathLike, split: str, preprocessing: dict, settings: dict,
                  train: bool = False, seed: int = 0, raw: bool | None = None):
         self.annotations, self.image_root = split_files(prepared, split)
-        self.categories, images = training_targets(self.annotations)
+        # crowd regions and VOC's difficult objects: targets in training as the settings say, never in scoring
+        self.categories, images = training_targets(self.annotations,
+                                                   settings.get("crowd", "train") if train else "drop")
         self.ids = sorted(images)
         self.images = [images[i] for i in self.ids]
         self.size = preprocessing["input_size"]
@@ -107,10 +109,23 @@ class DetectionSet(SharedEpoch, Dataset):
         self.raw = raw
         self.augment = augmentation_options(settings.get("augment"))
         SharedEpoch.__init__(self)
-        crowded = train and next((im for im in self.images if len(im["labels"]) > settings["max_objects"]), None)
-        if crowded:
-            raise FrelonError(f"{self.image_root / crowded['file_name']} has {len(crowded['labels'])} objects, more "
-                              f"than detection.max_objects = {settings['max_objects']}; raise max_objects")
+        self.keep_resolution = not train and settings.get("test_resolution", "letterbox") == "keep"
+        self.left_out = self._limit_objects(settings["max_objects"], settings.get("too_many_objects", "keep_first"))
+
+    def _limit_objects(self, max_objects: int, policy: str) -> dict[str, int]:
+        """Images with more objects than `max_objects` train on their first `max_objects` (the official code's
+        rule; `too_many_objects: keep_first`) or stop the run (`error`): the images and objects left out."""
+        crowded = [im for im in self.images if len(im["labels"]) > max_objects] if self.train else []
+        if crowded and policy == "error":
+            worst = max(crowded, key=lambda im: len(im["labels"]))
+            raise FrelonError(f"{len(crowded)} image(s) have more than detection.max_objects = {max_objects} objects, "
+                              f"e.g. {self.image_root / worst['file_name']} with {len(worst['labels'])}; raise "
+                              f"max_objects, or set detection.too_many_objects: keep_first to train on the first "
+                              f"{max_objects} of each")
+        objects = sum(len(im["labels"]) - max_objects for im in crowded)
+        self.images = [{**im, "boxes": im["boxes"][:max_objects], "labels": im["labels"][:max_objects]}
+                       if len(im["labels"]) > max_objects else im for im in self.images]
+        return {"images": len(crowded), "objects": objects}
 
     @property
     def num_classes(self) -> int:
@@ -120,7 +135,12 @@ class DetectionSet(SharedEpoch, Dataset):
         return len(self.images)
 
     def letterbox(self, i: int) -> Letterbox:
-        return Letterbox(self.images[i]["height"], self.images[i]["width"], self.size)
+        """Where image i lies in its input: letterboxed into the square input (training, and evaluation by
+        default), or at its own size padded to a multiple of 32 (evaluation with `test_resolution: keep`)."""
+        info = self.images[i]
+        if self.keep_resolution:
+            return Padded(info["height"], info["width"])
+        return Letterbox(info["height"], info["width"], self.size)
 
     def read(self, i: int) -> torch.Tensor:
         """The image as uint8 RGB (3, H, W), checked against the size its annotations give."""
@@ -154,8 +174,9 @@ class DetectionSet(SharedEpoch, Dataset):
         and its target: `boxes` (XYXY), `labels`, `dropped` (boxes the augmentation pushed out of the
         picture) and `colour` (the factors of COLOUR, applied on the batch)."""
         info = self.images[i]
-        augmentation = draw_augmentation(self.augment, self.seed, self.epoch, i)
-        matrix = training_matrix(self.letterbox(i), augmentation)
+        letterbox = self.letterbox(i)
+        augmentation = draw_augmentation(self.augment, self.seed, self.epoch, i, letterbox)
+        matrix = training_matrix(letterbox, augmentation)
         image, reduction = self._decode(i, scale=float(matrix[:, :2].abs().max()))
         to_decoded = torch.tensor([reduction, reduction, 1], dtype=matrix.dtype)  # decoded pixel -> image pixels
         warped = warp_image(image, matrix * to_decoded, self.size, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def to_results(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, 
             for box, size, score, label in zip(xyxy[keep], wh[keep], scores.cpu()[keep], labels.cpu()[keep])]
 
 
+def size_buckets(dataset: DetectionSet, indices: list[int], batch_size: int) -> list[list[int]]:
+    """Positions in `indices` as batches of at most `batch_size` images whose inputs have one (height, width)
+    (`test_resolution: keep`: COCO's 640 x 480 and 480 x 640 photos make two large groups), in order of
+    first appearance."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for position, i in enumerate(indices):
+        groups.setdefault(dataset.letterbox(i).canvas, []).append(position)
+    return [group[start:start + batch_size] for group in groups.values() for start in range(0, len(group), batch_size)]
+
+
 class DetectionTask:
     collate = staticmethod(collate)
 
@@ -68,6 +79,11 @@ class DetectionTask:
                 raise FrelonError(f"{dataset.annotations} and {self.dataset('val').annotations} list different "
                                   f"categories; a network's outputs need one list: prepare both splits from one "
                                   f"dataset")
+            if dataset.left_out["images"]:
+                print(f"{dataset.left_out['images']} training image(s) have more than detection.max_objects = "
+                      f"{self.settings['max_objects']} objects: {dataset.left_out['objects']} object(s) beyond the "
+                      f"first {self.settings['max_objects']} of each are left out (metrics.json counts them)",
+                      flush=True)
             self._sets[split, train] = dataset
         return self._sets[split, train]
 
@@ -101,9 +117,16 @@ class DetectionTask:
         model.eval()
         results: list[dict] = []
         batch_size = self.spec["train"]["batch_size"]
-        loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate,
-                            num_workers=loader_workers(self.spec["train"].get("workers", 0), dataset, device))
-        for images, index in stoppable(loader, len(dataset), batch_size, world):
+        workers, common = loader_workers(self.spec["train"].get("workers", 0), dataset, device), None
+        if dataset.keep_resolution:  # images at their own sizes: batches of one canvas size each
+            loader = DataLoader(Subset(dataset, indices), batch_sampler=size_buckets(dataset, indices, batch_size),
+                                collate_fn=collate, num_workers=workers)
+            common = min(len(size_buckets(dataset, shard(len(dataset), replace(world, rank=rank)),
+                                          batch_size)) for rank in range(world.world_size))
+        else:
+            loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate,
+                                num_workers=workers)
+        for images, index in stoppable(loader, len(dataset), batch_size, world, common):
             boxes, scores, labels = predict(model, images.to(device), self.settings["flip_test"],
                                             self.settings["top_k"])
             for i, b, s, lab in zip(index, boxes, scores, labels):
@@ -124,6 +147,9 @@ class DetectionTask:
             scores = {"n": len(dataset), **coco_summary(dataset.annotations, tables, quiet=True)}
             if self.spec["data"]["kind"] == "voc":
                 scores["AP50_voc07"] = voc07_ap50(dataset.annotations, detections)["AP50_voc07"]
+            # what training left out of images with more than max_objects objects (too_many_objects: keep_first)
+            left_out = self.dataset("train", train=True).left_out
+            scores.update(train_images_over_max_objects=left_out["images"], train_objects_left_out=left_out["objects"])
         scores = all_gather_objects(scores)[0]  # every rank records the same numbers
         return {**scores, "detections": detections if world.is_main else []}
 

@@ -36,7 +36,7 @@ rule train:
         cpus_per_gpu=run_cpus_per_gpu,
         machine=run_machine,
     shell:
-        "frelon train {input.spec} --metrics {output.metrics} --threads {threads} > {log} 2>&1"
+        "frelon train {input.spec} --metrics {output.metrics} --threads {threads} --as-job > {log} 2>&1"
 
 
 # A detection run's evaluation also writes its detections (COCO results) and a picture of validation images.

@@ -113,3 +113,57 @@ def test_the_umask_is_read_without_being_changed_and_files_get_the_usual_permiss
         os.umask(previous)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o700
+
+
+def _writer_killed_mid_write(target: Path, folder: bool) -> None:
+    """A forked child that starts writing `target` (a file, or a folder) and is killed half-way (SIGKILL)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if folder:
+                with atomic.atomic_dir(target) as work:
+                    (work / "half.txt").write_text("half")
+                    os.kill(os.getpid(), 9)
+            with atomic.atomic_path(target) as tmp:
+                tmp.write_text("half")
+                os.kill(os.getpid(), 9)
+        finally:
+            os._exit(0)
+    assert os.WTERMSIG(os.waitpid(pid, 0)[1]) == 9
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
+def test_a_killed_writers_temporary_goes_with_the_next_write_while_a_live_writers_stays(tmp_path, folder):
+    target = tmp_path / ("prepared" if folder else "metrics.json")
+    _writer_killed_mid_write(target, folder)
+    _writer_killed_mid_write(target, folder)  # its start swept the first one's
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 1 and all(name.startswith(f".{target.name}.") and name.endswith(".tmp") for name in left)
+    write = atomic.atomic_dir if folder else atomic.atomic_path
+    with write(target) as mine:  # a live writer, while another write of the same target sweeps
+        assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name]  # the dead ones went, not this one
+        assert atomic.sweep(target) == 0 and mine.exists()
+        if not folder:
+            mine.write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_a_guard_that_refuses_leaves_the_target_as_it_was_and_no_temporary(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def refuse(path):
+        raise RuntimeError(f"not writing {path.name}")
+
+    atomic.set_guard(refuse)
+    try:
+        with pytest.raises(RuntimeError, match="not writing metrics.json"):
+            atomic.write_text(target, "new")
+        with pytest.raises(RuntimeError, match="not writing prepared"):
+            with atomic.atomic_dir(tmp_path / "prepared") as work:
+                (work / "a.txt").write_text("a")
+    finally:
+        atomic.set_guard(None)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    atomic.write_text(target, "new")
+    assert target.read_text() == "new"

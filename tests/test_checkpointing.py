@@ -110,17 +110,17 @@ def steps(policy, backend=None, count=2):
     return results
 
 
-def assert_same_steps(got, want, grads=True):
+def assert_same_steps(got, want, grads=True, rtol=1e-5):
     """Same loss and gradients (within float tolerance) and the same statistics after every step:
     running_mean and running_var moved once per step (a second update moves them 10% further, at
     batch norm's momentum 0.1), num_batches_tracked counting the steps."""
     for step, ((loss_c, grads_c, buffers_c), (loss, grads_e, buffers)) in enumerate(zip(got, want), start=1):
-        torch.testing.assert_close(loss_c, loss, rtol=1e-5, atol=1e-6, msg=f"loss, step {step}")
+        torch.testing.assert_close(loss_c, loss, rtol=rtol, atol=1e-6, msg=f"loss, step {step}")
         for name in grads_e if grads else ():
-            torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-5, atol=1e-6, msg=f"{name}, step {step}")
+            torch.testing.assert_close(grads_c[name], grads_e[name], rtol=rtol, atol=1e-6, msg=f"{name}, step {step}")
         assert buffers_c.keys() == buffers.keys()
         for name in buffers:
-            torch.testing.assert_close(buffers_c[name], buffers[name], rtol=1e-5, atol=1e-6, msg=f"{name}, step {step}")
+            torch.testing.assert_close(buffers_c[name], buffers[name], rtol=rtol, atol=1e-6, msg=f"{name}, step {step}")
         assert all(int(v) == step for n, v in buffers_c.items() if n.endswith("num_batches_tracked"))
 
 
@@ -138,9 +138,11 @@ def test_inductor_compiled_steps_with_checkpointing_equal_compiled_steps_without
     compiled = steps(["layer2", "layer4"], "inductor")
     # checkpointing changes nothing in inductor's step (on this CPU: the same bits)
     assert_same_steps(compiled, steps("none", "inductor"))
-    # its first step leaves eager's statistics; its gradients differ from eager ones with or without
-    # checkpointing (inductor's kernels sum in another order: 2e-4 of a tensor's largest value here)
-    assert_same_steps(compiled[:1], steps("none", count=1), grads=False)
+    # its first step leaves eager's statistics (moved once: twice would be 10% off); its loss and gradients
+    # differ from eager ones with or without checkpointing, as inductor's kernels sum in another order, by
+    # how much depends on the CPU's vector units (loss: 1.3e-5 relative on an AMD EPYC, gradients: 2e-4 of a
+    # tensor's largest value on a Xeon)
+    assert_same_steps(compiled[:1], steps("none", count=1), grads=False, rtol=1e-4)
 
 
 @pytest.mark.slow  # two compiles

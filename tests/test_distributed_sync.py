@@ -268,7 +268,7 @@ def test_the_ranks_wait_for_each_other_as_long_as_the_spec_says(tmp_path, monkey
         raise FrelonError("stop here")
 
     monkeypatch.setattr(distributed, "init", init)
-    monkeypatch.setattr(worker, "_stop_with_parent", lambda: None)  # this process is pytest, not a rank
+    monkeypatch.setattr(worker.parentage, "die_with_parent", lambda: None)  # this process is pytest, not a rank
     for train, expected in (({"collective_timeout_minutes": 120}, 120), ({}, distributed.DEFAULT_TIMEOUT_MINUTES)):
         (tmp_path / "spec.json").write_text(json.dumps({"device": "cpu", "train": train}))
         assert worker.main(["train", str(tmp_path / "spec.json")]) == 1 and asked[-1] == expected

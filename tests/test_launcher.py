@@ -12,7 +12,7 @@ import pytest
 
 from conftest import tool_env
 from frelon.errors import FrelonError
-from frelon.train import gpu_locks, launcher
+from frelon.train import gpu_locks, launcher, parentage
 from frelon.train.gpu_locks import gpu_slots
 from frelon.train.launcher import visible_gpus
 
@@ -45,7 +45,7 @@ def test_world_size_larger_than_the_gpus_fails_before_training(tmp_path):
 
 
 def test_a_gpu_whose_rank_still_runs_is_not_given_out_although_its_launcher_is_gone(tmp_path):
-    rank = gpu_locks._open_lock(tmp_path / "gpu0.rank.lock")  # a rank of a launch that was killed
+    rank = gpu_locks._open_lock(tmp_path / "frelon-gpu0.rank.lock")  # a rank of a launch that was killed
     fcntl.flock(rank, fcntl.LOCK_EX)
     try:
         with gpu_slots(1, ["0", "1"], tmp_path) as claim:
@@ -62,8 +62,8 @@ def test_a_gpu_whose_rank_still_runs_is_not_given_out_although_its_launcher_is_g
 def test_a_claim_tells_the_ranks_their_lock_files_and_the_lease(tmp_path):
     with gpu_slots(2, ["3", "1", "2"], tmp_path) as claim:
         assert claim.gpus == ["3", "1"]
-        assert claim.env["FRELON_GPU_LOCKS"].split(os.pathsep) == [str(tmp_path / "gpu3.rank.lock"),
-                                                                    str(tmp_path / "gpu1.rank.lock")]
+        assert claim.env["FRELON_GPU_LOCKS"].split(os.pathsep) == [str(tmp_path / "frelon-gpu3.rank.lock"),
+                                                                    str(tmp_path / "frelon-gpu1.rank.lock")]
         lease = claim.env["FRELON_GPU_LEASE"]
         assert not gpu_locks._lease_expired(lease) and len(claim.fds) == 3  # the lease and two claims
     assert gpu_locks._lease_expired(lease)  # removed with the claim
@@ -72,7 +72,7 @@ def test_a_claim_tells_the_ranks_their_lock_files_and_the_lease(tmp_path):
 @pytest.fixture
 def rank_env(tmp_path, monkeypatch):
     """A rank's environment as a launcher sets it; yields (rank-lock path, lease path)."""
-    path, lease = tmp_path / "gpu0.rank.lock", tmp_path / "lease"
+    path, lease = tmp_path / "frelon-gpu0.rank.lock", tmp_path / "lease"
     lease.touch()
     monkeypatch.setenv("FRELON_GPU_LOCKS", str(path))
     monkeypatch.setenv("FRELON_GPU_LEASE", str(lease))
@@ -108,14 +108,14 @@ def test_lock_files_and_folder_are_usable_by_every_user_whatever_the_umask(tmp_p
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "locks").stat().st_mode) == 0o1777
-    for name in ("gpu0.lock", "gpu0.rank.lock"):
+    for name in ("frelon-gpu0.lock", "frelon-gpu0.rank.lock"):
         assert stat.S_IMODE((tmp_path / "locks" / name).stat().st_mode) == 0o666
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may open any file read-write")
 def test_a_lock_file_that_cannot_be_written_is_locked_read_only(tmp_path):
-    (tmp_path / "gpu0.lock").touch(0o444)
-    fd = gpu_locks._open_lock(tmp_path / "gpu0.lock")
+    (tmp_path / "frelon-gpu0.lock").touch(0o444)
+    fd = gpu_locks._open_lock(tmp_path / "frelon-gpu0.lock")
     try:
         assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
     finally:
@@ -167,7 +167,7 @@ def test_a_second_user_shares_the_lock_folder_with_the_first():
         try:
             with gpu_slots(1, ["0"], locks):  # the first user makes the folder
                 pass
-            legacy = locks / "gpu1.lock"  # as an older version left it (0644, the first user's) and holds it
+            legacy = locks / "frelon-gpu1.lock"  # as an older version left it (0644, the first user's) and holds it
             legacy.touch()
             legacy.chmod(0o644)
             older = os.open(legacy, os.O_RDWR)
@@ -179,11 +179,30 @@ def test_a_second_user_shares_the_lock_folder_with_the_first():
             assert got == "['0', '2']"
         finally:
             os.umask(previous)
-        assert (locks / "gpu2.lock").stat().st_uid == 65534  # created by the second user, usable by all
-        assert stat.S_IMODE((locks / "gpu2.lock").stat().st_mode) == 0o666
-        assert stat.S_IMODE((locks / "gpu2.rank.lock").stat().st_mode) == 0o666
+        assert (locks / "frelon-gpu2.lock").stat().st_uid == 65534  # created by the second user, usable by all
+        assert stat.S_IMODE((locks / "frelon-gpu2.lock").stat().st_mode) == 0o666
+        assert stat.S_IMODE((locks / "frelon-gpu2.rank.lock").stat().st_mode) == 0o666
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's folder")
+def test_a_lock_folder_whose_owner_could_remove_others_locks_is_refused_and_roots_sticky_one_is_used(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o1777)
+    theirs.chmod(0o1777)
+    os.chown(theirs, 65534, 65534)  # another user's: the sticky bit does not stop its owner
+    with pytest.raises(FrelonError, match=r"belongs to user .*\(65534\), who can remove the lock files.*sudo install"):
+        claim(1, ["0"], theirs)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)  # root's, but anybody may remove anybody's files
+    with pytest.raises(FrelonError, match="without the sticky bit.*chmod 1777"):
+        claim(1, ["0"], open_to_all)
+    assert gpu_locks.DEFAULT_LOCK_DIR == "/tmp" and os.stat("/tmp").st_uid == 0
+    assert claim(1, ["0"], tmp_path / "made") == ["0"]  # missing: made 1777, by us
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o1777
+    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["frelon-gpu0.lock", "frelon-gpu0.rank.lock"]
 
 
 def test_pretended_gpus_come_from_the_count_or_from_cuda_visible_devices(monkeypatch):
@@ -221,7 +240,7 @@ def workstation(tmp_path, monkeypatch):
     calls = []
 
     def run(cmd, env, pass_fds=()):
-        claimed = (tmp_path / "locks").exists() and gpu_locks._in_use(tmp_path / "locks" / "gpu0.lock")
+        claimed = (tmp_path / "locks").exists() and gpu_locks._in_use(tmp_path / "locks" / "frelon-gpu0.lock")
         calls.append((cmd, env, list(pass_fds), claimed))
         return 0
 
@@ -250,12 +269,12 @@ def test_a_workstation_launch_claims_gpus_hands_them_to_its_ranks_and_records_th
     launcher.launch(["train", "spec.json"], 2, "auto", threads=4)
     [(cmd, env, fds, claimed)] = workstation
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and claimed and len(fds) == 3
-    assert env["FRELON_GPU_LOCKS"].split(os.pathsep) == [str(tmp_path / "locks" / f"gpu{i}.rank.lock") for i in "01"]
+    assert env["FRELON_GPU_LOCKS"].split(os.pathsep) == [str(tmp_path / "locks" / f"frelon-gpu{i}.rank.lock") for i in "01"]
     assert env["OMP_NUM_THREADS"] == "2"  # pretended GPUs: the ranks share the CPU
     [record] = records(tmp_path)
     assert record["cuda_visible_devices"] == "0,1" and record["world_size"] == 2 and record["slurm_job_id"] is None
     assert record["pid"] == os.getpid() and record.keys() >= {"host", "time", "gpus"}
-    assert not gpu_locks._in_use(tmp_path / "locks" / "gpu0.lock")  # given back after the job
+    assert not gpu_locks._in_use(tmp_path / "locks" / "frelon-gpu0.lock")  # given back after the job
 
 
 def test_under_slurm_the_ranks_run_in_a_job_step_of_their_own_and_nothing_is_locked(workstation, tmp_path,
@@ -263,7 +282,7 @@ def test_under_slurm_the_ranks_run_in_a_job_step_of_their_own_and_nothing_is_loc
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("FRELON_FAKE_GPUS", "1")
-    monkeypatch.setenv("FRELON_GPU_LOCKS", "/elsewhere/gpu0.rank.lock")  # an enclosing launch's
+    monkeypatch.setenv("FRELON_GPU_LOCKS", "/elsewhere/frelon-gpu0.rank.lock")  # an enclosing launch's
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
     monkeypatch.chdir(tmp_path)
     launcher.launch(["train", "spec.json"], 4, "auto")
@@ -281,8 +300,8 @@ def test_a_lock_file_planted_as_a_symlink_is_refused_and_its_target_left_alone(t
     secret.write_text("x")
     secret.chmod(0o600)
     (tmp_path / "locks").mkdir()
-    (tmp_path / "locks" / "gpu0.lock").symlink_to(secret)
-    with pytest.raises(FrelonError, match="gpu0.lock is a symlink; remove it"):
+    (tmp_path / "locks" / "frelon-gpu0.lock").symlink_to(secret)
+    with pytest.raises(FrelonError, match="frelon-gpu0.lock is a symlink; remove it"):
         with gpu_slots(1, ["0"], tmp_path / "locks"):
             pass
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
@@ -307,8 +326,9 @@ def test_signals_reach_the_ranks_as_what_each_launcher_passes_on(monkeypatch):
     sent = []
 
     class Child:
-        def __init__(self, cmd, env, pass_fds):
+        def __init__(self, cmd, env, pass_fds, preexec_fn):
             self.cmd = cmd
+            assert preexec_fn is parentage.die_with_parent  # it dies with the launcher
 
         def send_signal(self, signum):
             sent.append(signum)

@@ -18,9 +18,11 @@ from frelon.train import gpu_locks
 from frelon.train.gpu_locks import gpu_slots
 
 STAND_IN_RANK = '''
-import json, os, time
+import json, os, signal, time
 from pathlib import Path
 from frelon.train.gpu_locks import hold_gpu
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a rank busy saving its state: it lives on for a while
 
 local = int(os.environ["LOCAL_RANK"])
 hold_gpu(local)
@@ -115,13 +117,13 @@ def test_a_killed_launchers_gpus_come_back_only_after_its_ranks_are_gone(machine
     rank_pids = [int((ranks / f"job.{i}.pid").read_text()) for i in (0, 1)]
     [torchrun] = psutil.Process(proc.pid).children()
 
-    os.kill(proc.pid, signal.SIGKILL)  # the launcher: torchrun still holds the claims
+    os.kill(proc.pid, signal.SIGKILL)  # the launcher: torchrun, stopping its ranks, still holds the claims
     proc.wait()
-    assert gpu_locks._in_use(locks / "gpu0.lock") and gpu_locks._in_use(locks / "gpu1.lock")
+    assert gpu_locks._in_use(locks / "frelon-gpu0.lock") and gpu_locks._in_use(locks / "frelon-gpu1.lock")
     assert taken(locks)
     torchrun.send_signal(signal.SIGKILL)  # and torchrun: the ranks still hold their rank locks
     torchrun.wait(timeout=10)
-    assert not gpu_locks._in_use(locks / "gpu0.lock") and gpu_locks._in_use(locks / "gpu0.rank.lock")
+    assert not gpu_locks._in_use(locks / "frelon-gpu0.lock") and gpu_locks._in_use(locks / "frelon-gpu0.rank.lock")
     assert taken(locks)
 
     (ranks / "release").touch()
@@ -148,7 +150,7 @@ def test_the_real_worker_holds_its_pretended_gpu_while_it_trains_on_the_cpu(data
                FRELON_LAUNCH_RECORD=str(tmp_path / "launches.jsonl"))
     proc = subprocess.Popen([sys.executable, "-m", "frelon.cli", "train", str(tmp_path / "run" / "spec.json"),
                              "--threads", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    rank_lock = tmp_path / "locks" / "gpu0.rank.lock"
+    rank_lock = tmp_path / "locks" / "frelon-gpu0.rank.lock"
     held = False
     while proc.poll() is None and not held:
         held = rank_lock.exists() and gpu_locks._in_use(rank_lock)

@@ -8,8 +8,15 @@ swapped in by one rename (Linux's `renameat2(RENAME_EXCHANGE)`; where the file s
 folder is renamed aside first and removed only once the new one is in place), so a kill at any moment
 leaves the old folder or the new one whole, never a half-deleted mix.
 
+A temporary file or folder is locked (`flock`) by its writer while it is written. A writer killed
+(SIGKILL, power cut) leaves its temporary behind, unlocked: the next write of the same target removes
+it, so a job that is run again after a crash leaves no partial file.
+
 A full disk (or quota) while writing leaves the previous version as it was and raises `DiskFull`,
 which says which disk, how much the write needed and how much is free.
+
+`set_guard(check)` has `check(target)` called just before each target is put in place: a training rank
+uses it to write nothing once its launcher is gone (see `frelon.train.parentage`).
 """
 
 from __future__ import annotations
@@ -18,17 +25,73 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import functools
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from frelon.errors import FrelonError
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; disk quota exceeded
+TMP_SUFFIX = ".tmp"  # temporaries are named .<target name>.<random>.tmp, beside their target
+
+_guard: Callable[[Path], None] | None = None
+
+
+def set_guard(check: Callable[[Path], None] | None) -> None:
+    """Call `check(target)` before every later write puts `target` in place (it raises to stop the write);
+    None: no check."""
+    global _guard
+    _guard = check
+
+
+def check_write(target: Path) -> None:
+    """Raise if the guard (`set_guard`) refuses to put `target` in place now."""
+    if _guard is not None:
+        _guard(target)
+
+
+def _lock_temporary(path: Path) -> int:
+    """A descriptor holding an exclusive lock on the temporary `path` while its writer lives."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def sweep(target: Path) -> int:
+    """Remove the temporaries of `target` whose writers died (killed mid-write: no one holds their lock);
+    how many went. A live writer's temporary is locked and kept."""
+    removed = 0
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(f".{target.name}.") and entry.name.endswith(TMP_SUFFIX)):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, or a link: not ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # its writer is alive
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
 
 
 class DiskFull(FrelonError):
@@ -139,13 +202,15 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     the folder's new entry flushed to the disk."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    sweep(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held until the end: a sweep keeps the file of a live writer
     tmp_path = Path(tmp)
     tmp_path.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp_path
         sync_file(tmp_path)
+        check_write(target)
         os.replace(tmp_path, target)
         sync_file(target.parent)
     except OSError as exc:
@@ -156,6 +221,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise _disk_full(target, written, exc.strerror or "no space left") from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -164,11 +230,14 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     failed step leaves the previous folder (or none), never a half-written one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    sweep(target)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
+    lock = _lock_temporary(work)  # held until the end: a sweep keeps the folder of a live writer
     work.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the usual permissions
     try:
         yield work
         sync_tree(work)
+        check_write(target)
         _swap_in(work, target)
         sync_file(target.parent)
     except DiskFull as exc:  # an atomic write of a file inside `work`
@@ -183,6 +252,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         raise _disk_full(target, written, exc.strerror or "no space left") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
 
 
 def _swap_in(work: Path, target: Path) -> None:
@@ -192,10 +262,14 @@ def _swap_in(work: Path, target: Path) -> None:
     if not target.exists() and not target.is_symlink():
         os.replace(work, target)
     elif not (target.is_dir() and not target.is_symlink() and exchange(work, target)):
-        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, aside / target.name)
-        os.replace(work, target)
-        os.replace(aside, work)  # removed with `work`: the old folder is inside it
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=TMP_SUFFIX, dir=target.parent))
+        lock = _lock_temporary(aside)
+        try:
+            os.replace(target, aside / target.name)
+            os.replace(work, target)
+            os.replace(aside, work)  # removed with `work`: the old folder is inside it
+        finally:
+            os.close(lock)
 
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:

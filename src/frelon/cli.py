@@ -108,7 +108,7 @@ def _launch(args: argparse.Namespace, worker_args: list[str]) -> int:
 
     with open(args.spec) as f:
         spec = json.load(f)
-    return launch(worker_args, spec["train"]["world_size"], spec["device"], args.threads)
+    return launch(worker_args, spec["train"]["world_size"], spec["device"], args.threads, as_job=args.as_job)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("spec")
         p.add_argument("--threads", type=int, help="CPU threads for the job, shared among processes")
+        p.add_argument("--as-job", action="store_true",
+                       help="a pipeline job (Snakemake's rules pass it): if the shell that started it dies, the "
+                            "job was reported failed and its outputs removed, so the run stops and writes none")
         if name == "evaluate":
             p.add_argument("--checkpoint", required=True)
             p.add_argument("--out", required=True)

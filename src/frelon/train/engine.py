@@ -24,12 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from frelon import atomic
 from frelon.atomic import torch_save
 from frelon.data.dataset import loader_workers
 from frelon.errors import FrelonError
 from frelon.models import checkpointing
 from frelon.tasks.base import Task
-from frelon.train import checkpoints
+from frelon.train import checkpoints, parentage
 from frelon.train import preemption as stopping
 from frelon.train.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum, barrier
 from frelon.train.history import History, peak_memory_mb
@@ -241,8 +242,9 @@ def fit(task: Task, spec: dict, world: World) -> Trained:
 
 
 def finish(spec: dict, world: World) -> None:
-    """The run is complete (model.pt and its scores written): its resumable state goes."""
-    if world.is_main:
+    """The run is complete (model.pt and its scores written): its resumable state goes; kept if the launcher
+    is gone meanwhile (its job's outputs were removed: the rerun scores the trained model again)."""
+    if world.is_main and parentage.gone() is None:
         shutil.rmtree(state_dir(spec), ignore_errors=True)
 
 
@@ -275,6 +277,7 @@ def _restore_finished(task: Task, spec: dict, world: World) -> Trained | None:
         print(f"{out}: trained already ({record_path}); scoring it", flush=True)
         history.write()
         if not (out / "model.pt").exists():
+            atomic.check_write(out / "model.pt")
             _link_or_copy(model_link, out / "model.pt")
     return Trained(model.to(world.device), history.epochs, record["diverged"], record["precision"],
                    history.train_seconds())

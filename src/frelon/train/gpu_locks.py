@@ -2,20 +2,19 @@
 may use a GPU. The launcher claims GPUs (`gpu_slots`); each rank takes its own lock before it touches
 CUDA (`hold_gpu`, called by `distributed.init`), so this sits below both.
 
-Every GPU has two lock files in the lock directory (`$FRELON_GPU_LOCK_DIR`, default
-/tmp/frelon-gpu-locks); all locks are `flock`s, which the kernel drops when their holders die,
-so nothing is ever stale:
+Every GPU has two lock files in the lock folder (`$FRELON_GPU_LOCK_DIR`, default /tmp itself); all
+locks are `flock`s, which the kernel drops when their holders die, so nothing is ever stale:
 
-- `gpuN.lock`, the *claim*: held exclusively by the launcher that chose GPU N and by the process
+- `frelon-gpuN.lock`, the *claim*: held exclusively by the launcher that chose GPU N and by the process
   it starts (torchrun, or the single worker): the descriptor is inherited (`pass_fds`), so a
   launcher killed with SIGKILL leaves the claim with torchrun while torchrun lives.
-- `gpuN.rank.lock`, the *use*: held exclusively by the rank that trains on GPU N, from before it
+- `frelon-gpuN.rank.lock`, the *use*: held exclusively by the rank that trains on GPU N, from before it
   touches CUDA until the process exits (`hold_gpu`, called by `distributed.init`). If the launcher
   and torchrun are killed, the ranks keep the GPU until they are gone (they get SIGTERM, save
   their state and exit, which can take a while).
 
-A launcher takes GPU N only if it gets `gpuN.lock` (no live launcher or torchrun has it) and
-then finds `gpuN.rank.lock` free (no live rank uses it); it keeps `gpuN.lock` until its job ends.
+A launcher takes GPU N only if it gets its claim (no live launcher or torchrun has it) and then
+finds its rank lock free (no live rank uses it); it keeps the claim until its job ends.
 The ranks learn their rank-lock files from `$FRELON_GPU_LOCKS` (one per GPU, in
 CUDA_VISIBLE_DEVICES order; rank `LOCAL_RANK` takes its own). A launcher that finds too few free
 GPUs says so once and tries again every second, for an hour at most. Locks are named after the
@@ -31,9 +30,13 @@ and from then on the rank lock keeps everybody out; an expired lease means the l
 and the GPU may already be someone else's, so the rank gives the lock back and fails instead of
 training. No two ranks therefore ever hold the same GPU, whatever is killed when.
 
-The lock directory is created with mode 1777 like /tmp (every user creates lock files, none
-removes another's) and the lock files 0666 whatever the umask, so a second user can lock them
-too. A file that cannot be opened read-write (another user's, made by an older version, or with
+Every user of the GPUs must use the same lock folder, and none may be able to remove another's lock
+files: a removed lock file is created anew by the next launcher, which then locks a file the holder of
+the old one does not, and two jobs share a GPU. In a folder with the sticky bit (mode 1777, like /tmp)
+only the folder's owner (and root) can remove others' files; so the folder must be owned by root, as
+/tmp is, or by the user alone who uses it. A folder of another user is refused, with how to make one.
+A folder the launcher creates gets mode 1777, and the lock files 0666 whatever the umask, so that
+others can lock them. A file that cannot be opened read-write (another user's, made by an older version, or with
 a stricter umask) is opened read-only: `flock` works on it all the same (except on NFS, where an
 exclusive lock needs write access). Files are never opened with O_CREAT once they exist, as
 Linux's fs.protected_regular refuses that for another user's file in a sticky directory.
@@ -55,7 +58,7 @@ from typing import Iterator
 
 from frelon.errors import FrelonError
 
-DEFAULT_LOCK_DIR = "/tmp/frelon-gpu-locks"
+DEFAULT_LOCK_DIR = "/tmp"  # root's, sticky: no user can remove another's lock file
 LOCK_DIR_VAR = "FRELON_GPU_LOCK_DIR"
 RANK_LOCKS_VAR = "FRELON_GPU_LOCKS"
 LEASE_VAR = "FRELON_GPU_LEASE"
@@ -79,25 +82,45 @@ def fake_gpus() -> int | None:
 # --- lock files ---------------------------------------------------------------------------------
 
 def _lock_dir(path: str | os.PathLike) -> Path:
-    """The shared lock directory, made mode 1777 (like /tmp) when we create it, or when it is the
-    default one, ours, and lacks those bits (an older version made it 0755); another user's is used
-    as it is."""
+    """The shared lock folder: made mode 1777 (like /tmp) when missing; an existing one must be a folder
+    that no user but root or this one can remove files from (see the module doc)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(path, 0o777)
     except FileExistsError:
-        st = path.lstat()
-        if not stat.S_ISDIR(st.st_mode):  # a symlink planted by another user would redirect our chmod
-            raise FrelonError(f"the GPU lock folder {path} is not a folder (a link?); remove it, or set "
-                              f"{LOCK_DIR_VAR} to a folder of your own") from None
-        if (str(path) == DEFAULT_LOCK_DIR and st.st_uid == os.geteuid()
-                and stat.S_IMODE(st.st_mode) & 0o1777 != 0o1777):
-            with contextlib.suppress(OSError):
-                os.chmod(path, 0o1777)
+        pass
     else:
         os.chmod(path, 0o1777)  # mkdir's mode went through the umask
+        return path
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):  # a symlink planted by another user would redirect our locks
+        raise FrelonError(f"the GPU lock folder {path} is not a folder (a link?); remove it, or set "
+                          f"{LOCK_DIR_VAR} to a folder of your own")
+    if st.st_uid not in (0, os.geteuid()):
+        raise FrelonError(f"the GPU lock folder {path} belongs to user {_user(st.st_uid)}, who can remove the lock "
+                          f"files of every other user and so let two jobs onto one GPU; have root own it (sudo chown "
+                          f"root {path}), or set {LOCK_DIR_VAR} to a folder owned by root with mode 1777 (sudo install "
+                          f"-d -m 1777 <folder>), shared by every user of these GPUs")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise FrelonError(f"the GPU lock folder {path} is writable by others without the sticky bit, so any user can "
+                          f"remove the lock files and let two jobs onto one GPU; chmod 1777 {path} (by its owner)")
     return path
+
+
+def _user(uid: int) -> str:
+    """A user's name and id, or the id alone."""
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+    except (ImportError, KeyError):
+        return str(uid)
+
+
+def lock_name(gpu: str, kind: str = "") -> str:
+    """The lock file of GPU `gpu`: its claim (`kind` ""), or its rank lock (`kind` "rank")."""
+    return f"frelon-gpu{gpu.replace(os.sep, '_')}{'.' + kind if kind else ''}.lock"
 
 
 def _open_lock(path: Path) -> int:
@@ -176,10 +199,6 @@ def _lease_expired(path: str) -> bool:
         os.close(fd)
 
 
-def _safe(gpu: str) -> str:
-    return gpu.replace(os.sep, "_")
-
-
 @dataclass
 class Claim:
     """GPUs chosen for one launch, and what the started process needs to hold on to them."""
@@ -204,9 +223,9 @@ def gpu_slots(n: int, candidates: list[str], lock_dir: str | os.PathLike,
         waiting = False
         while True:
             for gpu in candidates:
-                fd = _open_lock(lock_dir / f"gpu{_safe(gpu)}.lock")
+                fd = _open_lock(lock_dir / lock_name(gpu))
                 # free when no launcher/torchrun claims it and then no rank uses it
-                if _try_flock(fd, fcntl.LOCK_EX) and not _in_use(lock_dir / f"gpu{_safe(gpu)}.rank.lock"):
+                if _try_flock(fd, fcntl.LOCK_EX) and not _in_use(lock_dir / lock_name(gpu, "rank")):
                     held.append((gpu, fd))
                     if len(held) == n:
                         break
@@ -227,7 +246,7 @@ def gpu_slots(n: int, candidates: list[str], lock_dir: str | os.PathLike,
             time.sleep(poll_s)
         chosen = [gpu for gpu, _ in held]
         yield Claim(chosen, [lease_fd] + [fd for _, fd in held], {
-            RANK_LOCKS_VAR: os.pathsep.join(str(lock_dir / f"gpu{_safe(g)}.rank.lock") for g in chosen),
+            RANK_LOCKS_VAR: os.pathsep.join(str(lock_dir / lock_name(g, "rank")) for g in chosen),
             LEASE_VAR: lease,
         })
     finally:

@@ -10,8 +10,8 @@ allocation already names the job's GPUs and no lock is taken. Without GPUs, N CP
 
 Environment variables
 ---------------------
-- FRELON_GPU_LOCK_DIR: where the GPU lock files live (default /tmp/frelon-gpu-locks); every user
-  of the machine's GPUs must use the same one.
+- FRELON_GPU_LOCK_DIR: where the GPU lock files live (default /tmp); every user of the machine's GPUs
+  must use the same one, owned by root (or by the only user), mode 1777.
 - FRELON_GPU_LOCKS, FRELON_GPU_LEASE: set by the launcher for its ranks (see above).
 - FRELON_LAUNCH_RECORD: a file to which each launch appends one JSON line: cuda_visible_devices
   (what the ranks see, or null), gpus (the ids it trains on, [] on CPU), world_size, slurm_job_id
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Iterator
 
 from frelon.errors import FrelonError
-from frelon.train import warm
+from frelon.train import parentage, warm
 from frelon.train.gpu_locks import (DEFAULT_LOCK_DIR, LEASE_VAR, LOCK_DIR_VAR, RANK_LOCKS_VAR, Claim, fake_gpus,
                                     gpu_slots)
 from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER
@@ -175,7 +175,8 @@ def _run_forwarding_signals(cmd: list[str], env: dict[str, str], pass_fds: list[
     """Run `cmd` (inheriting `pass_fds`); SIGTERM/SIGINT/SIGUSR1 sent to us are passed on to it, as
     SIGTERM where it would not pass them on itself: torchrun dies of SIGUSR1 (its ranks would be left
     mid-save) but relays SIGTERM to them, and srun answers SIGINT with a status line only."""
-    child = subprocess.Popen(cmd, env=env, pass_fds=tuple(pass_fds))
+    # torchrun (or srun) dies with us: killed, we take the run down (SIGTERM: its ranks save and stop)
+    child = subprocess.Popen(cmd, env=env, pass_fds=tuple(pass_fds), preexec_fn=parentage.die_with_parent)
     relayed = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
     if "torch.distributed.run" in cmd:
         relayed.discard(signal.SIGUSR1)
@@ -193,7 +194,8 @@ def _run_forwarding_signals(cmd: list[str], env: dict[str, str], pass_fds: list[
             signal.signal(sig, handler)
 
 
-def launch(worker_args: list[str], world_size: int, device: str, threads: int | None = None) -> int:
+def launch(worker_args: list[str], world_size: int, device: str, threads: int | None = None,
+           as_job: bool = False) -> int:
     """Start `frelon.train.worker` on `world_size` processes; returns the exit code: 0, 75 when the
     run stopped on request with its state saved (rerun to resume), otherwise the failure's code.
     torchrun turns any failed rank into 1, so ranks that stop on request leave a marker file.
@@ -201,10 +203,16 @@ def launch(worker_args: list[str], world_size: int, device: str, threads: int | 
     In a SLURM allocation made for this run (the profile's jobs: exactly its GPUs, or several nodes)
     the ranks run in a job step of their own over the allocation's nodes (frelon.train.slurm). In an
     allocation with more GPUs than the run needs (Snakemake run inside `salloc` or `sbatch`), runs
-    share its GPUs as on a workstation, with locks."""
+    share its GPUs as on a workstation, with locks.
+
+    `as_job` (a pipeline job: `frelon train --as-job`): the launch stops when the job's shell dies, and its
+    ranks then write no output (`frelon.train.parentage`); in any launch they write none once it is gone."""
     env = dict(os.environ)
     for name in (RANK_LOCKS_VAR, LEASE_VAR):  # an enclosing launch's, never this one's
         env.pop(name, None)
+    if as_job:
+        parentage.die_with_parent()
+    parentage.mark(env, with_parent=as_job)
     gpus = visible_gpus(device)
     if device == "auto" and not gpus:
         warn_unusable_gpus()

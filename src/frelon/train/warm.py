@@ -200,7 +200,8 @@ def _server(folder: Path, key: str, env: dict[str, str]) -> socket.socket | None
     log_name = folder / f"{key}.log"
     server_env = {k: v for k, v in env.items() if not k.startswith(("OMP_", "MKL_", "OPENBLAS_", "GOTO_", "VECLIB_",
                                                                      "NUMEXPR_", "CUDA_", "RANK", "LOCAL_RANK",
-                                                                     "WORLD_SIZE", "FRELON_PREEMPTED"))}
+                                                                     "WORLD_SIZE", "FRELON_PREEMPTED",
+                                                                     "FRELON_LAUNCH"))}
     server_env.pop("PYTHONSTARTUP", None)
     deadline = time.monotonic() + START_TIMEOUT_S
     process = None

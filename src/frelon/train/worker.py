@@ -8,19 +8,18 @@ torchrun were killed."""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 import torch
 
 from frelon import tasks
+from frelon import atomic
 from frelon.atomic import write_json
 from frelon.errors import FrelonError
-from frelon.train import distributed, engine, preemption
+from frelon.train import distributed, engine, parentage, preemption
 from frelon.train.history import throughput
 from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER, Preempted, StopRequested
 
@@ -89,14 +88,6 @@ def _stopped(world: distributed.World) -> None:
     distributed.barrier(world)
 
 
-def _stop_with_parent() -> None:
-    """Ask Linux to send SIGTERM if torchrun dies (it starts ranks in their own sessions), so no rank
-    trains on as an orphan: the signal takes the usual save-and-exit path."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="frelon.train.worker")
     parser.add_argument("mode", choices=["train", "evaluate"])
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    _stop_with_parent()
+    parentage.die_with_parent()  # torchrun starts ranks in sessions of their own: no rank trains on as an orphan
     with open(args.spec) as f:
         spec = json.load(f)
     try:
@@ -113,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except FrelonError as exc:  # e.g. its launch is gone and its GPU may be another job's
         print(f"[rank {os.environ.get('RANK', 0)}] {exc}", file=sys.stderr, flush=True)
         return 1
+    atomic.set_guard(parentage.check_output(engine.state_dir(spec)))  # no output once the launcher is gone
     try:
         if world.world_size != spec["train"]["world_size"]:  # e.g. SLURM spread the GPUs unevenly over nodes
             raise FrelonError(f"{spec['experiment']}: {world.world_size} processes started but train.world_size "
@@ -123,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with preemption.handling():
                 evaluate(spec, args.checkpoint, args.out, world)
+    except parentage.LaunchGone as exc:  # the others stop on their launcher's SIGTERM, or fail in a collective
+        print(f"[rank {world.rank}] {exc}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except (Preempted, StopRequested) as exc:
         if world.is_main:
             print(f"{exc}; rerun to resume", file=sys.stderr, flush=True)

@@ -55,6 +55,7 @@ def test_a_folder_gets_the_trained_preprocessing_and_its_unreadable_file_is_list
     assert table.iloc[2][["predicted", "probability", "p_absence", "p_presence"]].isna().all()
 
 
+@pytest.mark.slow  # a real training or several Snakemake runs: seconds
 def test_the_command_writes_the_csv_and_counts_what_it_could_not_read(checkpoint, photos, tmp_path):
     out = tmp_path / "predictions.csv"
     proc = run(["frelon", "classify", str(checkpoint[0]), str(photos), "--out", str(out)], cwd=tmp_path)

@@ -83,7 +83,7 @@ def describe(process: psutil.Process) -> str:
         cmd = " ".join(process.cmdline())
     except psutil.Error:
         return "gone"
-    for pattern, name in (("bin/bash", "job shell"), ("frelon.train.worker", "rank"),
+    for pattern, name in (("bin/bash", "job shell"), (".snakemake/scripts", "script job"), ("frelon.train.worker", "rank"),
                           ("torch.distributed.run", "torchrun"), ("frelon train", "launcher"),
                           ("frelon.train.warm", "warm server"), ("frelon", "data job")):
         if pattern in cmd:
@@ -183,6 +183,14 @@ def test_a_pipeline_killed_anywhere_again_and_again_completes_with_the_uninterru
                    if p.name.endswith((".tmp", ".part"))]
         assert not partial, partial
         assert_same(outcome(work), expected)
+    # every file a rule reads is one of its inputs: a run folder that lost its history.csv (a job killed as it
+    # ended) is trained again before its study's table is made, rather than failing the table
+    (whole / "results" / "runs" / "finetune" / "random" / "seed0" / "history.csv").unlink()
+    (whole / "results" / "tables" / "finetune.csv").unlink()
+    dry = run(COMMAND[:1] + ["results/tables/finetune.csv", "-n"] + COMMAND[1:], cwd=whole).stdout
+    assert "rule train:" in dry and "Missing output files: results/runs/finetune/random/seed0/history.csv" in dry
+    assert "rule study_table:" in dry
+
     kinds = ", ".join(f"{kind} x{survived.count(kind)}" for kind in sorted(set(survived)))
     print(f"survived {len(survived)} kills: {kinds}")
     assert len(survived) >= 20, kinds

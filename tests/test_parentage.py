@@ -73,6 +73,7 @@ def test_a_process_that_dies_with_its_parent_gets_sigterm_when_the_parent_is_kil
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a real training or several Snakemake runs: seconds
 def test_a_rank_whose_launcher_is_gone_writes_no_output_and_says_why(tmp_path):
     data = prepared_hornet(tmp_path / "hornet", presence=6, absence=6)
     run = tmp_path / "run"

@@ -48,6 +48,7 @@ def is_timing_job(rule: str, output: str) -> bool:
     return rule == "checkpointing_study" or (rule == "train" and output.startswith("results/runs/scaling/"))
 
 
+@pytest.mark.slow  # a real training or several Snakemake runs: seconds
 def test_timing_jobs_take_the_whole_machine_and_every_other_job_one_share(tmp_path):
     work = copy_workflow(tmp_path / "w")
     config = yaml.safe_load((work / "config" / "demo.yaml").read_text())
@@ -75,6 +76,7 @@ def gpus_by_run(jobs) -> dict[str, int]:
     return {output.rsplit("/", 1)[0]: int(res["gpu"]) for rule, output, res in jobs if rule == "train"}
 
 
+@pytest.mark.slow  # a real training or several Snakemake runs: seconds
 def test_gpu_jobs_are_limited_to_the_gpus_present(tmp_path, monkeypatch):
     work = copy_workflow(tmp_path / "w")
     configfile = demo_on_auto_device(work)

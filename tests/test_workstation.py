@@ -139,6 +139,7 @@ def data(tmp_path_factory):
     return prepared_hornet(tmp_path_factory.mktemp("hornet"), presence=10, absence=14)
 
 
+@pytest.mark.slow  # a real training or several Snakemake runs: seconds
 def test_the_real_worker_holds_its_pretended_gpu_while_it_trains_on_the_cpu(data, tmp_path):
     from engine_fixtures import make_spec
 

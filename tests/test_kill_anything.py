@@ -51,7 +51,8 @@ def kill_config(work: Path) -> None:
     config["studies"] = {
         "finetune": {"dataset": "hornet", "seeds": [0], "train": {"epochs": 2, "base_batch": 16, "batch_size": 8},
                      "experiments": {
-                         "pretrained": {"model": {"arch": "resnet18", "weights": "resnet18"}, "train": {"world_size": 1}},
+                         "pretrained": {"model": {"arch": "resnet18", "weights": "resnet18"},
+                                        "train": {"world_size": 1}},
                          "random": {"model": {"arch": "resnet18", "weights": None}, "train": {"world_size": 2}}}},
         "detection": {**detection, "dataset": "hornet_traps", "experiments": {"hornet-unet": {}},
                       "train": {**detection["train"], "epochs": 2, "batch_size": 8}},
@@ -83,9 +84,9 @@ def describe(process: psutil.Process) -> str:
         cmd = " ".join(process.cmdline())
     except psutil.Error:
         return "gone"
-    for pattern, name in (("bin/bash", "job shell"), (".snakemake/scripts", "script job"), ("frelon.train.worker", "rank"),
-                          ("torch.distributed.run", "torchrun"), ("frelon train", "launcher"),
-                          ("frelon.train.warm", "warm server"), ("frelon", "data job")):
+    for pattern, name in (("bin/bash", "job shell"), (".snakemake/scripts", "script job"),
+                          ("frelon.train.worker", "rank"), ("torch.distributed.run", "torchrun"),
+                          ("frelon train", "launcher"), ("frelon.train.warm", "warm server"), ("frelon", "data job")):
         if pattern in cmd:
             return name
     return cmd[:40]

@@ -192,7 +192,7 @@ def test_a_lock_folder_whose_owner_could_remove_others_locks_is_refused_and_root
     theirs.mkdir(mode=0o1777)
     theirs.chmod(0o1777)
     os.chown(theirs, 65534, 65534)  # another user's: the sticky bit does not stop its owner
-    with pytest.raises(FrelonError, match=r"belongs to user .*\(65534\), who can remove the lock files.*sudo install"):
+    with pytest.raises(FrelonError, match=r"belongs to user .*\(65534\), who can remove the lock.*sudo install"):
         claim(1, ["0"], theirs)
     open_to_all = tmp_path / "open"
     open_to_all.mkdir()

@@ -50,13 +50,7 @@ if "claims" in config:
 
     rule claims:
         input:
-            sorted(
-                {
-                    frelon_claims.table_path(side["table"])
-                    for claim in config["claims"]
-                    for side in (claim["a"], claim["b"])
-                }
-            ),
+            frelon_claims.inputs(config["claims"]),
         output:
             csv=report("results/claims.csv", category="Claims"),
             md="results/claims.md",
@@ -71,10 +65,19 @@ if "claims" in config:
 
 
 # results/report.md: the claims, every study's table and figures, checkpointing and the adversarial
-# study. `snakemake --report results/report.html` gathers the same outputs (marked report(...)).
+# study, under a header naming the config files, the data, the machine and the date.
+# `snakemake --report results/report.html` gathers the same outputs (marked report(...)).
 rule report:
     input:
         tables=expand("results/tables/{study}.{ext}", study=config["studies"], ext=["csv", "md", "tex"]),
+        runs=expand("results/tables/runs/{study}.csv", study=config["studies"]),
+        # the header reads each run's spec.json and metrics.json (device, machine)
+        run_files=[
+            f"{run}/{name}"
+            for study in config["studies"]
+            for run in study_runs(study)
+            for name in ("spec.json", "metrics.json")
+        ],
         metrics="results/metrics.json",
         figures=[f for figures in report_figures().values() for f in figures],
         claims=rules.claims.output if "claims" in config else [],
@@ -88,5 +91,8 @@ rule report:
         "../envs/frelon.yaml"
     params:
         figures=report_figures(),
+        runs={study: study_runs(study) for study in config["studies"]},
+        configfiles=[str(path) for path in workflow.config_settings.configfiles] or ["config/config.yaml"],
+        config_args=list(workflow.config_settings.config_args or []),
     script:
         "../workflow/scripts/report.py"

@@ -245,7 +245,8 @@ def test_demo_claims_are_computed_from_the_tables_and_the_report_shows_everythin
     config = yaml.safe_load((demo_run / "config" / "demo.yaml").read_text())
     claims = pd.read_csv(demo_run / "results" / "claims.csv")
     assert list(claims.claim) == [c["claim"] for c in config["claims"]]
-    assert set(claims.verdict) <= {"supported", "contradicted", "within spread", "holds once", "fails once"}
+    assert set(claims.verdict) <= {"supported", "contradicted", "within spread", "no difference", "holds once",
+                                   "fails once", "not evidence"}
     finetune = pd.read_csv(demo_run / "results" / "tables" / "finetune.csv").set_index("experiment")
     first = claims.iloc[0]
     assert first.a_value == finetune.loc["pretrained", "test_accuracy"]

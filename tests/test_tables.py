@@ -3,7 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from frelon.report.tables import add_scaling, aggregate, run_table, write_metrics, write_table
+from frelon.report.tables import (add_scaling, aggregate, collapsed_counts, compact, run_table, significant,
+                                  write_metrics, write_table)
 
 
 def test_speedup_and_efficiency_are_against_one_process_doing_the_same_work():
@@ -110,3 +111,73 @@ def test_the_table_command_writes_every_format_and_names_what_is_missing(tmp_pat
                  str(out / "s.md"), "--tex", str(out / "s.tex"), "--runs-csv", str(out / "runs" / "s.csv")]) == 0
     assert "1 of 2 runs have no metrics.json (shown as missing): one seed 1" in capsys.readouterr().out
     assert len(pd.read_csv(out / "runs" / "s.csv")) == 2 and (out / "s.tex").exists()
+
+
+def test_numbers_are_shown_at_3_significant_digits_and_whole_numbers_in_full():
+    shown = [significant(v) for v in (0.631578, 0.0456789, 0.000171336, 12.345, 123.456, 1234.5, 999.6, 96, 96.0,
+                                      1.0, 0.5, -0.04321, None, float("nan"), "mirror", True)]
+    assert shown == ["0.632", "0.0457", "0.000171", "12.3", "123", "1234", "1000", "96", "96", "1", "0.5", "-0.0432",
+                     "", "", "mirror", "True"]
+
+
+def _study_table():
+    """A study table as `aggregate` writes it: settings, counts, mean and std of the scores and timings."""
+    return pd.DataFrame({
+        "experiment": ["norm-batch", "norm-none", "plain34"], "arch": ["resnet18", "resnet18", "resnet34"],
+        "norm": ["batch", "none", "batch"], "residual": [True, True, False], "init": ["random"] * 3,
+        "lr": [0.02] * 3, "runs": [3] * 3, "n": [3, 2, 3], "diverged": [0, 1, 0], "missing": [0] * 3,
+        "test_accuracy": [0.631578, 0.5, 0.70001], "test_accuracy_std": [0.0456789, None, 0.0123456],
+        "test_balanced_accuracy": [0.6, 0.5, 0.7], "test_balanced_accuracy_std": [0.01, None, 0.02],
+        "epoch_seconds": [1.234, 1.5, 2.25], "epoch_seconds_std": [0.1, 0.2, 0.3],
+        "speedup": [None] * 3, "speedup_std": [None] * 3})
+
+
+def _columns(markdown: str) -> list[str]:
+    return [c.strip() for c in markdown.splitlines()[0].strip("|").split("|")]
+
+
+def test_the_compact_table_shows_what_varies_identity_first_then_the_scores():
+    table = _study_table()
+    text = compact(table)
+    assert _columns(text) == ["experiment", "arch", "norm", "residual", "n", "diverged", "test_accuracy",
+                              "test_balanced_accuracy"]
+    assert "| norm-batch   |" in text and "0.632 ± 0.0457" in text and "0.7 ± 0.0123" in text
+    assert "Same in every row: init random, lr 0.02, runs 3, missing 0." in text
+    assert "epoch_seconds" not in text and "speedup" not in text  # an untimed study's timings: in the CSV only
+    timed = compact(table, timings=True)
+    assert _columns(timed)[-1] == "epoch_seconds" and "1.23 ± 0.1" in timed
+    assert "Empty in every row (not measured): speedup." in timed
+    assert "nan" not in text + timed and "None" not in text + timed
+
+
+def test_the_compact_table_of_another_study_names_its_rows_by_their_columns():
+    attacks = pd.DataFrame({"model": ["pretrained"] * 4, "attack": ["fgsm", "fgsm", "pgd", "pgd"],
+                            "eps_255": [0.0, 2.0, 0.0, 2.0], "accuracy": [0.9166667, 0.41666, 0.9166667, 0.0104],
+                            "n": [96] * 4})
+    text = compact(attacks, ["model", "attack", "eps_255"], ["accuracy"])
+    assert _columns(text) == ["model", "attack", "eps_255", "accuracy"]
+    assert "0.917" in text and "0.0104" in text and "Same in every row: n 96." in text
+    one_attack = compact(attacks[attacks.attack == "pgd"], ["model", "attack", "eps_255"], ["accuracy"])
+    assert _columns(one_attack) == ["model", "eps_255", "accuracy"]  # the first names the rows, the others vary
+    assert "Same in every row: attack pgd, n 96." in one_attack
+
+
+def test_a_run_that_predicts_one_class_is_known_from_its_confusion_matrix(tmp_path):
+    study = tmp_path / "results" / "runs" / "finetune"
+    paths = []
+    for seed, confusion in enumerate(([[5, 0], [3, 0]], [[0, 5], [0, 3]], [[4, 1], [1, 2]])):
+        accuracy = (confusion[0][0] + confusion[1][1]) / 8
+        paths.append(_write_run(study / "random" / f"seed{seed}", "random",
+                                {"n": 8, "accuracy": accuracy, "balanced_accuracy": 0.5, "confusion": confusion}, seed))
+    paths.append(_write_run(study / "pretrained", "pretrained", {"n": 8, "accuracy": 0.75, "balanced_accuracy": 0.7,
+                                                                 "confusion": [[4, 1], [1, 2]]}))
+    runs = run_table(paths)
+    assert list(runs.predicted_classes) == [1, 1, 2, 2]
+    assert collapsed_counts(runs) == {"random": (2, 3)}
+    table = aggregate(runs)
+    assert "predicted_classes" not in table  # the study table keeps its columns
+    text = compact(table, one_class=collapsed_counts(runs))
+    assert "one class" in _columns(text) and "2 of 3 runs" in text
+    # runs recorded without a confusion matrix: a balanced accuracy of 0.5 (two classes, one predicted)
+    old = runs.drop(columns=["predicted_classes"])
+    assert collapsed_counts(old) == {"random": (3, 3)}

@@ -34,23 +34,37 @@ def _histories(runs: list[str | os.PathLike], name: str) -> list[pd.DataFrame]:
     return [pd.read_csv(Path(r) / name) for r in runs if (Path(r) / name).exists()]
 
 
-def _curve(ax, frames: list[pd.DataFrame], x: str, y: str, label: str, color) -> bool:
-    """Mean over seeds, and their range as a band; False when no run has the column."""
+def _curve(ax, frames: list[pd.DataFrame], x: str, y: str, color, band: bool = True, lw: float = 1.4) -> int:
+    """Mean over seeds, and their range as a band; how many runs have the column (0: nothing drawn)."""
     frames = [f[[x, y]].dropna() for f in frames if y in f]
     if not frames:
-        return False
+        return 0
     joined = pd.concat(frames).groupby(x)[y]
     mean, low, high = joined.mean(), joined.min(), joined.max()
-    n = len(frames)
-    ax.plot(mean.index, mean.values, color=color, label=f"{label} (n={n})" if n > 1 else label, lw=1.4)
-    if n > 1:
-        ax.fill_between(mean.index, low.values, high.values, color=color, alpha=0.15, lw=0)
-    return True
+    ax.plot(mean.index, mean.values, color=color, lw=lw)
+    if band and len(frames) > 1:
+        ax.fill_between(mean.index, low.values, high.values, color=color, alpha=0.2, lw=0)
+    return len(frames)
 
 
-def study_curves(study: str, runs: dict[str, list[str | os.PathLike]], out: str | os.PathLike) -> None:
-    """Per experiment: training loss and validation score per epoch (mean over seeds, band: their range)
-    and the learning rate of every optimizer step as the run used it (the first seed's)."""
+def _plain_log():
+    """matplotlib's choice of log ticks to label, written as plain numbers (0.3, not 3e-01)."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLog(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return PlainLog()
+
+
+def curves_figure(study: str, runs: dict[str, list[str | os.PathLike]]):
+    """Small multiples: one row per experiment, one column per quantity (training loss and validation
+    score per epoch: mean over seeds, band: their range; the learning rate of every optimizer step as the
+    run used it, the first seed's), the other experiments in grey behind for comparison; axes shared by
+    column, whole epochs and steps on the x axes."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     histories = {e: _histories(r, "history.csv") for e, r in runs.items()}
     iterations = {e: _histories(r[:1], "iterations.csv") for e, r in runs.items()}
@@ -58,24 +72,39 @@ def study_curves(study: str, runs: dict[str, list[str | os.PathLike]], out: str 
                 if c in h), None)
     panels = [("train_loss", "epoch", "training loss"), *([(val, "epoch", val.replace("_", " "))] if val else []),
               ("lr", "step", "learning rate (per step)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    experiments = list(runs)
+    fig, axes = plt.subplots(len(experiments), len(panels), figsize=(3.6 * len(panels), 0.5 + 1.9 * len(experiments)),
+                             squeeze=False, sharex="col", sharey="col")
     colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
-    for i, experiment in enumerate(runs):
-        color = colors(i % colors.N)
-        for ax, (column, x, _) in zip(axes[0], panels):
-            source = iterations[experiment] if column == "lr" else histories[experiment]
-            _curve(ax, source, x, column, experiment, color)
-    for ax, (column, x, title) in zip(axes[0], panels):
-        ax.set_title(title)
-        ax.set_xlabel(x)
-        ax.grid(alpha=0.3)
-        if column == "train_loss":
-            ax.set_yscale("log")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(6, max(1, len(labels))), fontsize=8,
-               bbox_to_anchor=(0.5, 1.02 + 0.045 * (len(labels) // 6)), frameon=False)
-    fig.suptitle(f"{study}: training curves", y=1.1 + 0.045 * (len(labels) // 6))
-    save_png(fig, out)
+    for row, experiment in enumerate(experiments):
+        n = 0
+        for ax, (column, x, _) in zip(axes[row], panels):
+            sources = iterations if column == "lr" else histories
+            for other in experiments:
+                if other != experiment:
+                    _curve(ax, sources[other], x, column, "0.82", band=False, lw=0.8)
+            n = max(n, _curve(ax, sources[experiment], x, column, colors(row % colors.N)))
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(which="both", labelsize=8)
+            if column == "train_loss":  # log scale, its ticks written as plain numbers (0.3, not 3 x 10^-1)
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(_plain_log())
+                ax.yaxis.set_minor_formatter(_plain_log())
+        label = f"{experiment}\n(n={n})" if n > 1 else experiment if n else f"{experiment}\n(no run)"
+        axes[row][0].set_ylabel(label, fontsize=9, fontweight="bold")
+    for ax, (_, x, title) in zip(axes[0], panels):
+        ax.set_title(title, fontsize=10)
+    for ax, (_, x, _) in zip(axes[-1], panels):
+        ax.set_xlabel(x, fontsize=9)
+    fig.suptitle(f"{study}: training curves")
+    fig.tight_layout()
+    return fig
+
+
+def study_curves(study: str, runs: dict[str, list[str | os.PathLike]], out: str | os.PathLike) -> None:
+    """The study's training curves (see `curves_figure`), written to `out`."""
+    save_png(curves_figure(study, runs), out)
 
 
 def scaling_plot(table: pd.DataFrame, study: str, out: str | os.PathLike) -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from frelon.atomic import write_json, write_text
@@ -16,6 +18,8 @@ DETECTION_COLUMNS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AP50_voc07"]
 HEADLINE_COLUMNS = METRIC_COLUMNS + ["AP", "AP50", "AP50_voc07"]  # for `dvc metrics show`
 TIMING_COLUMNS = ["epoch_seconds", "images_per_second", "data_wait_fraction", "train_seconds", "speedup",
                   "efficiency"]
+# The timings a timed study's report shows (the others are in its CSV)
+REPORT_TIMINGS = ["epoch_seconds", "images_per_second", "speedup", "efficiency"]
 # What sets the work of an epoch: runs alike in these differ only in how many processes share it.
 WORK_COLUMNS = ["arch", "norm", "residual", "init", "batch_size", "augmented", "augment"]
 
@@ -56,6 +60,15 @@ def _detection_row(spec: dict, metrics: dict) -> dict:
         # pycocotools gives -1 where no object falls in a size range: nothing measured, an empty cell
         **{column: _score(metrics[column] if metrics.get(column, -1) >= 0 else None) for column in DETECTION_COLUMNS},
     }
+
+
+def _predicted_classes(metrics: dict) -> int | None:
+    """How many classes a classifier predicted at least once on its test images: the confusion matrix's
+    non-empty columns (rows: true class, columns: predicted); None where the run recorded no matrix."""
+    confusion = metrics.get("confusion")
+    if not confusion:
+        return None
+    return sum(1 for column in zip(*confusion) if any(column))
 
 
 def _missing_row(run: Path) -> dict:
@@ -101,6 +114,7 @@ def _row(run: Path) -> dict:
         "warmup_epochs": train["lr_schedule"].get("warmup_epochs", 0),
         "n_test": metrics.get("n"),
         **{column: _score(metrics.get(column.removeprefix("test_"))) for column in METRIC_COLUMNS},
+        "predicted_classes": _predicted_classes(metrics),
         **_timing(metrics, history),
     }
 
@@ -143,7 +157,7 @@ def run_table(runs: list[str | os.PathLike], references: dict[str, dict] | None 
     """One row per run (per seed), from each run's metrics.json and the spec.json and history.csv beside
     it; a run without metrics.json is a row marked `missing`, its measured cells empty."""
     table = pd.DataFrame([_row(_run_folder(p)) for p in runs])
-    counts = {c: "Int64" for c in ("seed", "n_test", "n_val", "diverged_at_step") if c in table}
+    counts = {c: "Int64" for c in ("seed", "n_test", "n_val", "diverged_at_step", "predicted_classes") if c in table}
     table = table.astype(counts)  # counts, empty where absent
     return add_references(add_scaling(table) if "epoch_seconds" in table else table, references or {})
 
@@ -158,7 +172,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     `n` (scored: neither diverged nor missing), `diverged`, `missing`, and for each measured column the
     mean over the runs that have it and `<column>_std` (sample standard deviation; empty below 2)."""
     measured = measured_columns(runs)
-    per_run = {"seed", "status", "diverged_at_step", *measured}
+    per_run = {"seed", "status", "diverged_at_step", "predicted_classes", *measured}
     rows = []
     for experiment, group in runs.groupby("experiment", sort=False):
         present = group[group.status != "missing"]
@@ -230,3 +244,93 @@ def write_metrics(tables: dict[str, str | os.PathLike], out: str | os.PathLike) 
                           for row in table.itertuples()}
     write_json(out, summary)
     return summary
+
+
+def collapsed(runs: pd.DataFrame) -> pd.Series:
+    """Per run of a runs table: whether it collapsed to one class, every test prediction the same class (its
+    confusion matrix has one non-empty column; where the table has no such count, a balanced accuracy of
+    0.5, two classes' chance with one class always predicted). False for a run that was not scored."""
+    def numbers(column: str) -> pd.Series:
+        return pd.to_numeric(runs[column], errors="coerce") if column in runs else pd.Series(float("nan"), runs.index)
+
+    predicted, balanced = numbers("predicted_classes"), numbers("test_balanced_accuracy")
+    one = (predicted == 1).where(predicted.notna(), balanced == 0.5)
+    scored = runs.status == "scored" if "status" in runs else balanced.notna()
+    return one.fillna(False).astype(bool) & scored
+
+
+def collapsed_counts(runs: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """{experiment: (its runs that collapsed to one class, its runs scored)}, for the experiments with one."""
+    if runs.empty:
+        return {}
+    scored = runs.status == "scored" if "status" in runs else pd.Series(True, runs.index)
+    one = collapsed(runs)
+    return {experiment: (int(one[group.index].sum()), int(scored[group.index].sum()))
+            for experiment, group in runs.groupby("experiment", sort=False) if one[group.index].any()}
+
+
+def significant(value, digits: int = 3) -> str:
+    """A number for people: `digits` significant digits; whole numbers (counts, sizes) and the whole part of
+    larger numbers in full, never in exponent notation; text as it is; "" for nothing."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if pd.isna(value):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    number = float(value)
+    if number.is_integer():
+        return str(int(number))
+    if abs(number) >= 10 ** (digits - 1):
+        return f"{number:.0f}"
+    return f"{number:.{digits}g}"
+
+
+def _varies(column: pd.Series) -> bool:
+    return column.astype(str).where(column.notna(), "").nunique() > 1
+
+
+def compact(table: pd.DataFrame, identity: Sequence[str] = ("experiment",), scores: Sequence[str] | None = None,
+            timings: bool = False, one_class: dict[str, tuple[int, int]] | None = None) -> str:
+    """A table as the report shows it, in Markdown: the first `identity` column (and the others where they
+    vary), the settings that vary between rows, then the scores (`mean ± std` where the table has the std),
+    every number at 3 significant digits. What is the same in every row follows the table in one line,
+    what is empty in every row in another. `scores`: by default a study table's metrics, and with `timings`
+    (a timed study) REPORT_TIMINGS. `one_class`: {row's first identity value: (runs that predicted one
+    class, runs scored)}, shown in a column `one class` when any. The CSV keeps every column; this leaves
+    out the other timings only (an untimed study's are noise from the jobs beside them)."""
+    identity = [c for c in identity if c in table]
+    if scores is None:
+        scores = [c for c in measured_columns(table) if c not in TIMING_COLUMNS or (timings and c in REPORT_TIMINGS)]
+    hidden = {f"{c}_std" for c in table.columns} | set(measured_columns(table))
+    scores = [c for c in scores if c in table]
+    first = identity[:1] + [c for c in identity[1:] if _varies(table[c])]
+    settings = [c for c in table.columns if c not in identity and c not in scores and c not in hidden]
+    same = [c for c in identity[1:] + settings if not _varies(table[c]) and table[c].notna().any()]
+    empty = [c for c in settings + scores if table[c].isna().all()]
+    shown_settings = [c for c in settings if _varies(table[c])]
+    references = [c for c in shown_settings if c.startswith("reference_")]
+    shown_settings = [c for c in shown_settings if c not in references]
+    shown_scores = [c for c in scores if c not in empty]
+
+    cells = {c: [significant(v) for v in table[c]] for c in first + shown_settings}
+    if one_class:
+        cells["one class"] = [f"{one_class[k][0]} of {one_class[k][1]} runs" if k in one_class else ""
+                              for k in table[identity[0]]]
+    for column in shown_scores:
+        std = table[f"{column}_std"] if f"{column}_std" in table else pd.Series(float("nan"), table.index)
+        cells[column] = ["" if pd.isna(m) else significant(m) + ("" if pd.isna(s) else f" ± {significant(s)}")
+                         for m, s in zip(table[column], std)]
+    for column in references:
+        cells[column] = [significant(v) for v in table[column]]
+    shown = pd.DataFrame(cells, dtype=object)
+    numeric = [c for c in shown.columns if c in table and pd.api.types.is_numeric_dtype(table[c])
+               and not pd.api.types.is_bool_dtype(table[c])]
+    align = ["right" if c in numeric else "left" for c in shown.columns]
+    lines = [shown.to_markdown(index=False, disable_numparse=True, colalign=align)]
+    if same:
+        lines += ["", "Same in every row: " + ", ".join(f"{c} {significant(table[c].dropna().iloc[0])}" for c in same)
+                  + "."]
+    if empty:
+        lines += ["", "Empty in every row (not measured): " + ", ".join(empty) + "."]
+    return "\n".join(lines) + "\n"

@@ -9,8 +9,9 @@ from torch import nn
 
 from frelon.errors import FrelonError
 from frelon.models.resnet import ResNet
-from frelon.studies.adversarial import (PixelModel, accuracy_under_attack, fgsm, paste, patch_side, pgd,
-                                        random_positions, run_study, train_patch)
+from frelon.attacks import (PixelModel, accuracy_under_attack, fgsm, paste, patch_side, pgd, random_positions,
+                            train_patch)
+from frelon.studies.adversarial import run_study
 from frelon.tasks.classify import load_classifier
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -138,7 +138,13 @@ def test_detect_finds_what_predict_finds_image_by_image(model, checkpoint, photo
     assert sum(len(r) for _, _, r in found) > 0
 
 
-def test_an_unreadable_image_read_ahead_is_named_in_order(checkpoint, photos, tmp_path):
+def test_an_unreadable_image_read_ahead_is_skipped_and_listed(checkpoint, photos, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a picture")
-    with pytest.raises(FrelonError, match=r"broken.jpg is not a readable image"):
-        detect(checkpoint, [photos / "a.png", tmp_path / "broken.jpg", photos / "b.jpg"], device="cpu")
+    unreadable = []
+    found = detect(checkpoint, [photos / "a.png", tmp_path / "broken.jpg", photos / "b.jpg"], device="cpu",
+                   unreadable=unreadable)
+    assert [path for path, _, _ in found] == [photos / "a.png", photos / "b.jpg"]
+    assert [(path, reason.split(":")[0]) for path, reason in unreadable] == [(tmp_path / "broken.jpg", "unreadable")]
+    assert {d["image_id"] for _, _, detections in found for d in detections} <= {1, 3}  # numbered as given
+    with pytest.raises(FrelonError, match=r"none of the 1 files could be read as an image: unreadable: .*broken.jpg"):
+        detect(checkpoint, [tmp_path / "broken.jpg"], device="cpu")

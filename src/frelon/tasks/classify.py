@@ -7,30 +7,37 @@ import os
 
 import pandas as pd
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image
 
 from frelon.data.folder import load_square
 from frelon.errors import FrelonError
 from frelon.models.resnet import ResNet
-from frelon.tasks.detection.inference import image_files
-from frelon.train.checkpoints import load_trained
+from frelon.tasks.detection.inference import image_files, warn_if_small
+from frelon.tasks.detection.video import UNREADABLE
+from frelon.tasks.trained import load_run, weights_error
 
 
-def load_classifier(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, dict, list[str]]:
-    """The trained network of a classification run's model.pt, its preprocessing and class names."""
-    state = load_trained(checkpoint, "classification")
+def load_classifier(checkpoint: str | os.PathLike,
+                    state: dict | None = None) -> tuple[torch.nn.Module, dict, list[str]]:
+    """The trained network of a classification run's model.pt (`state`: what `load_run` read of it), its
+    preprocessing and class names."""
+    state = state or load_run(checkpoint, "classification")
     m = state["spec"]["model"]
-    with torch.device("meta"):  # no initialisation to throw away: every tensor comes from the checkpoint
-        model = ResNet(m["arch"], m["num_classes"], m["norm"], m["residual"], m["zero_init_residual"])
-    model.load_state_dict(state["model"], assign=True)
+    try:
+        with torch.device("meta"):  # no initialisation to throw away: every tensor comes from the checkpoint
+            model = ResNet(m["arch"], m["num_classes"], m["norm"], m["residual"], m["zero_init_residual"])
+        model.load_state_dict(state["model"], assign=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise weights_error(checkpoint, exc) from None
     return model.eval(), state["preprocessing"], [c["name"] for c in state["classes"]]
 
 
 def classify(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], device: str = "auto",
-             batch_size: int = 32) -> pd.DataFrame:
-    """One row per image file, in the order given (folders: sorted): file, predicted class, its
-    probability, one `p_<class>` column per class, and `error` for a file that could not be read
-    (its probabilities left empty, never guessed)."""
+             batch_size: int = 32, recursive: bool = False) -> pd.DataFrame:
+    """One row per image file, in the order given (folders: sorted; with `recursive`, their subfolders'
+    images too): file, predicted class, its probability, one `p_<class>` column per class, and `error` for a
+    file that could not be read (its probabilities left empty, never guessed). An image far smaller than the
+    model's input is warned of."""
     model, pre, names = load_classifier(checkpoint)
     target = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     model.to(target)
@@ -48,13 +55,16 @@ def classify(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], dev
                              **{f"p_{name}": float(v) for name, v in zip(names, p)})
         batch.clear()
 
-    for path in image_files(inputs):
+    for path in image_files(inputs, recursive):
         rows.append({"file": str(path), "predicted": None, "probability": None, "error": None})
         try:  # as in training: EXIF orientation applied, shorter side resized, centre crop
             pixels = torch.from_numpy(load_square(path, pre["crop"], pre["resize"]))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            with Image.open(path) as image:  # its header only: the size before resizing
+                size = image.size
+        except UNREADABLE as exc:
             rows[-1]["error"] = f"unreadable: {exc}"
             continue
+        warn_if_small(path, size, min(size), pre["crop"])  # the shorter side is resized to the input's
         batch.append((len(rows) - 1, pixels))
         if len(batch) == batch_size:
             flush()

@@ -33,11 +33,11 @@ from torch import nn
 
 from frelon.atomic import atomic_path
 from frelon.errors import FrelonError
+from frelon.tasks.trained import load_run
 
 TOLERANCE = 1e-4  # the largest absolute difference between onnxruntime's and PyTorch's outputs that passes
 EXAMPLE_BATCH = 2  # the batch traced; torch.export would fix a batch axis of 1 as a constant
 CHECK_BATCH = 3  # the default check's generated images: another batch size than the one traced
-RUNS = "results/runs/<study>/<experiment>/model.pt"
 
 
 @dataclass
@@ -82,29 +82,11 @@ class Heads(nn.Module):
         return torch.sigmoid(out["heatmap"].float()), out["size"], out["offset"]
 
 
-def _task(checkpoint: Path) -> str:
-    """The task of a run's model.pt; anything else (a missing file, another kind of file) is named."""
-    if not checkpoint.is_file():
-        raise FrelonError(f"{checkpoint} does not exist: give the model.pt of a finished run ({RUNS})")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and format errors alike: not a file torch.save wrote
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FrelonError(f"{checkpoint} is not a PyTorch checkpoint ({reason[:200]}): give the model.pt of a "
-                          f"finished run ({RUNS})") from None
-    task = state.get("spec", {}).get("task") if isinstance(state, dict) else None
-    if task not in ("classification", "detection") or "model" not in state:
-        raise FrelonError(f"{checkpoint} holds no trained classifier or detector (no spec.task and model in it; "
-                          f"weights from `frelon export-weights` have neither): give the model.pt of a finished "
-                          f"run ({RUNS})")
-    return task
-
-
-def _classifier(checkpoint: Path) -> Exportable:
+def _classifier(checkpoint: Path, state: dict | None = None) -> Exportable:
     from frelon.data.folder import load_square
     from frelon.tasks.classify import load_classifier
 
-    model, pre, names = load_classifier(checkpoint)
+    model, pre, names = load_classifier(checkpoint, state)
     metadata = {
         "task": "classification", "classes": json.dumps(names), "input_size": str(pre["crop"]),
         "resize": str(pre["resize"]), "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]),
@@ -116,13 +98,13 @@ def _classifier(checkpoint: Path) -> Exportable:
                       lambda path: torch.from_numpy(load_square(path, pre["crop"], pre["resize"])))
 
 
-def _detector(checkpoint: Path) -> Exportable:
+def _detector(checkpoint: Path, state: dict | None = None) -> Exportable:
     from frelon.data.images import load_rgb
     from frelon.data.transforms import letterboxed
     from frelon.models.centernet import CenterNet
     from frelon.tasks.detection.inference import load_detector
 
-    model, pre, categories = load_detector(checkpoint)
+    model, pre, categories = load_detector(checkpoint, state)
     size = pre["input_size"]
 
     def load_image(path: Path) -> torch.Tensor:  # as `frelon detect`: letterboxed, in [0, 1]
@@ -148,14 +130,15 @@ def generated_images(n: int, size: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
 
-def _read_images(net: Exportable, inputs: list[str | os.PathLike]) -> torch.Tensor:
-    """The check's images, as the checkpoint's preprocessing makes them; a video gives a few of its frames."""
+def _read_images(net: Exportable, inputs: list[str | os.PathLike], recursive: bool = False) -> torch.Tensor:
+    """The check's images, as the checkpoint's preprocessing makes them (with `recursive`, those in the
+    subfolders of a folder named too); a video gives a few of its frames."""
     from frelon.tasks.detection.inference import image_files
     from frelon.tasks.detection.video import check_pictures, is_video
 
     pixels = []
     images = [item for item in inputs if not is_video(item)]
-    for path in image_files(images) if images else []:
+    for path in image_files(images, recursive) if images else []:
         try:
             pixels.append(net.load_image(path))
         except (OSError, UnidentifiedImageError, ValueError) as exc:
@@ -188,13 +171,15 @@ def max_differences(onnx_file: str | os.PathLike, model: nn.Module, outputs: lis
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
-                images: list[str | os.PathLike] | None = None, tolerance: float = TOLERANCE) -> dict:
+                images: list[str | os.PathLike] | None = None, tolerance: float = TOLERANCE,
+                recursive: bool = False) -> dict:
     """Write `out` (.onnx, weights inside) from a run's model.pt, atomically, once onnxruntime agrees with
-    PyTorch within `tolerance` on `images` (default: generated ones); otherwise nothing new is left at `out`.
-    Returns the task, the images checked and the max absolute difference per output."""
+    PyTorch within `tolerance` on `images` (default: generated ones; `recursive`: the images in a folder's
+    subfolders too); otherwise nothing new is left at `out`. Returns the task, the images checked and the max absolute difference per output."""
     checkpoint = Path(checkpoint)
-    net = (_classifier if _task(checkpoint) == "classification" else _detector)(checkpoint)
-    x = net.normalise(_read_images(net, images) if images else generated_images(CHECK_BATCH, net.size))
+    state = load_run(checkpoint)  # a classifier or a detector; anything else (a missing file, a folder) is named
+    net = (_classifier if state["spec"]["task"] == "classification" else _detector)(checkpoint, state)
+    x = net.normalise(_read_images(net, images, recursive) if images else generated_images(CHECK_BATCH, net.size))
     example = net.normalise(generated_images(EXAMPLE_BATCH, net.size))
     with atomic_path(out) as tmp:
         try:

@@ -35,6 +35,12 @@ ENCODERS = ("libx264", "mpeg4")  # --draw's video: H.264, or MPEG-4 part 2 where
 COLUMNS = ["source", "frame", "time_s", "file", "category", "category_id", "score", "x", "y", "w", "h"]
 COUNT_COLUMNS = ["source", "minute", "category", "frames", "detections", "max_per_frame"]
 CONVERT = "convert it (ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4) or leave it out"
+# What reading an image file can raise: a damaged, truncated or foreign file, a decompression bomb
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+# --draw writes a drawing in its input's format (JPEG and WebP at quality 95); any other input gives a PNG
+PICTURE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF",
+                   ".tiff": "TIFF"}
+QUALITY = 95
 
 
 def is_video(path: str | os.PathLike) -> bool:
@@ -53,23 +59,31 @@ def as_frames(inputs: list[str | os.PathLike], out: str | os.PathLike, fps: floa
 
 @dataclass(frozen=True)
 class Source:
-    """An input read as frames: a `video`, a folder of `frames` (`files`, in name order) or one `image`."""
+    """An input read as frames: a `video`, a folder of `frames` (`files`, in name order) or one `image`. `name`:
+    its place under --draw (a subfolder found by --recursive: its path from the folder named; else its name)."""
 
     path: Path
     kind: str
     files: tuple[Path, ...] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.path.name)
 
 
 @dataclass
 class Frame:
     """A picture to run the detector on: its source, its index there (every frame counts, those `--every`
-    skips too), its time in seconds from the source's start, its file (None for a video's) and its pixels."""
+    skips too), its time in seconds from the source's start, its file (None for a video's) and its pixels; an
+    image file that could not be read has no pixels and says why in `error` (it is skipped and listed)."""
 
     source: Source
     index: int
     time_s: float
     file: Path | None
-    picture: Image.Image
+    picture: Image.Image | None
+    error: str | None = None
 
 
 def _reason(exc: Exception) -> str:
@@ -96,17 +110,32 @@ def _opened(path: Path) -> Iterator:
         yield container
 
 
-def sources(inputs: list[str | os.PathLike]) -> list[Source]:
+def images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (and with `recursive`, in its subfolders, at any depth), in name order (a
+    subfolder's where its name sorts)."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted((p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                  key=lambda p: p.relative_to(folder).parts)
+
+
+def sources(inputs: list[str | os.PathLike], recursive: bool = False) -> list[Source]:
     """The inputs as sources of frames, in the order given, each checked before any detection runs: a video
-    opens and has a video stream, a folder holds images."""
+    opens and has a video stream, a folder holds images. With `recursive`, each folder under a folder named
+    that holds images is a sequence of frames of its own, after its parent's."""
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = tuple(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
-            if not files:
-                raise FrelonError(f"{item} holds no frames ({', '.join(sorted(IMAGE_EXTENSIONS))} files): give a "
-                                  f"folder of frames saved as images, or the video itself")
-            found.append(Source(item, "frames", files))
+            by_folder: dict[Path, list[Path]] = defaultdict(list)
+            for path in images_in(item, recursive):
+                by_folder[path.parent].append(path)
+            if not by_folder:
+                raise FrelonError(f"{item} holds no frames ({', '.join(sorted(IMAGE_EXTENSIONS))} files"
+                                  f"{', in it or its subfolders' if recursive else ''}): give a folder of frames "
+                                  f"saved as images{'' if recursive else ' (--recursive: in its subfolders)'}, or "
+                                  f"the video itself")
+            for folder in sorted(by_folder, key=lambda f: f.relative_to(item).parts):
+                found.append(Source(folder, "frames", tuple(by_folder[folder]),
+                                    str(Path(item.name, folder.relative_to(item)))))
         elif item.is_file() and is_video(item):
             with _opened(item):
                 pass
@@ -119,12 +148,13 @@ def sources(inputs: list[str | os.PathLike]) -> list[Source]:
     return found
 
 
-def read_image(path: Path) -> Image.Image:
-    """An image file as RGB, upright, decoded in full; an unreadable one is named."""
+def _image_frame(source: Source, index: int, time_s: float, path: Path) -> Frame:
+    """An image file's frame: RGB, upright, decoded in full. One that cannot be read has no picture and says
+    why, to be skipped and listed: one damaged file does not stop a folder of thousands."""
     try:  # a photo as its camera meant it: EXIF orientation applied, transparency on white
-        return load_rgb(path)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise FrelonError(f"{path} is not a readable image ({exc})") from None
+        return Frame(source, index, time_s, path, load_rgb(path))
+    except UNREADABLE as exc:
+        return Frame(source, index, time_s, path, None, f"unreadable: {exc}")
 
 
 def video_frames(path: Path, every: int = 1) -> Iterator[tuple[int, float, Image.Image]]:
@@ -163,10 +193,26 @@ def frames(source: Source, fps: float = DEFAULT_FPS, every: int = 1) -> Iterator
             yield Frame(source, index, time_s, None, picture)
     elif source.kind == "frames":
         for index in range(0, len(source.files), every):
-            path = source.files[index]
-            yield Frame(source, index, round(index / fps, 6), path, read_image(path))
+            yield _image_frame(source, index, round(index / fps, 6), source.files[index])
     else:
-        yield Frame(source, 0, 0.0, source.path, read_image(source.path))
+        yield _image_frame(source, 0, 0.0, source.path)
+
+
+def drawing_path(folder: str | os.PathLike, name: str | os.PathLike) -> Path:
+    """Where --draw writes the drawing of the image `name` (a path under `folder`): the same name, so the same
+    format, for the formats `save_picture` writes; a PNG of the same stem for any other."""
+    target = Path(folder) / name
+    return target if target.suffix.lower() in PICTURE_FORMATS else target.with_suffix(".png")
+
+
+def save_picture(image: torch.Tensor, target: str | os.PathLike) -> None:
+    """A uint8 (3, H, W) picture as the image file `target`, in the format its suffix names (JPEG and WebP at
+    quality 95: a drawing as sharp as its photo, at a photo's size), atomically."""
+    picture = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy()))
+    kind = PICTURE_FORMATS.get(Path(target).suffix.lower(), "PNG")
+    options = {"quality": QUALITY} if kind in ("JPEG", "WEBP") else {}
+    with atomic_path(target) as tmp:
+        picture.save(tmp, format=kind, **options)  # the format by name: tmp ends in .tmp
 
 
 def check_pictures(path: str | os.PathLike) -> list[io.BytesIO]:

@@ -39,7 +39,7 @@ def make_spec(data: Path, out: Path, args: argparse.Namespace) -> dict:
     if args.task == "classification":
         spec["data"]["preprocessing"].update(resize=args.size, crop=args.size)  # as the data was prepared
     else:
-        from frelon.spec import AUGMENT_DEFAULTS
+        from frelon.data.crops import AUGMENT_DEFAULTS
 
         spec["data"]["preprocessing"]["input_size"] = args.size
         spec["detection"].update(input_size=args.size, augment=AUGMENT_DEFAULTS)  # the paper's, not the demo's
@@ -62,7 +62,7 @@ def make_task(spec: dict):
 
 def engine_throughput(spec: dict, device: torch.device) -> list[float]:
     from frelon.train import engine
-    from frelon.train.distributed import World
+    from frelon.parallel.distributed import World
 
     epochs = engine.fit(make_task(spec), spec, World(0, 1, 0, device)).epochs
     return [row["images_per_second"] for row in epochs]

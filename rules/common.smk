@@ -8,7 +8,7 @@ import urllib.parse
 from frelon import config as frelon_config
 from frelon import spec as frelon_spec
 from frelon.report import claims as frelon_claims
-from frelon.train.launcher import gpu_count
+from frelon.launch.launcher import gpu_count
 
 RUN = r"results/runs/[^/]+/[^/]+(?:/seed[0-9]+)?|data/demo/pretrain"
 DETECTION = config.get("detection_data", {})

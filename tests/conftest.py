@@ -108,8 +108,8 @@ def demo_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_servers(tmp_path_factory):
-    """The tests' CPU runs share warm servers (frelon.train.warm) in a folder of their own, stopped at the end."""
-    from frelon.train import warm
+    """The tests' CPU runs share warm servers (frelon.launch.warm) in a folder of their own, stopped at the end."""
+    from frelon.launch import warm
 
     folder = tmp_path_factory.mktemp("warm")
     folder.chmod(0o700)

@@ -12,7 +12,8 @@ from frelon.studies import checkpointing as study
 from frelon.models import checkpointing
 from frelon.models.centernet import CenterNet
 from frelon.models.resnet import ResNet
-from frelon.train import distributed, engine
+from frelon.parallel import distributed
+from frelon.train import engine
 from test_distributed_eval import free_port, join
 
 NAMES18 = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]

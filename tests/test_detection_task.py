@@ -14,8 +14,10 @@ from frelon.data import coco
 from frelon.errors import FrelonError
 from frelon.evaluate.detection import STATS
 from frelon.tasks.detection.task import DetectionTask
-from frelon.train import distributed, engine, worker
-from frelon.train.distributed import World
+from frelon.parallel import distributed
+from frelon.train import engine
+from frelon.launch import worker
+from frelon.parallel.distributed import World
 from test_distributed_eval import free_port
 
 CPU = World(0, 1, 0, torch.device("cpu"))

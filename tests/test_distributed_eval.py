@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from frelon.evaluate.classification import confusion_matrix, metrics
-from frelon.train import distributed
+from frelon.parallel import distributed
 
 N, CLASSES = 13, 3  # odd on purpose: a padding sampler would count two images twice
 

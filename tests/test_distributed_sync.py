@@ -18,8 +18,9 @@ import nccl_emulation
 from engine_fixtures import make_spec, prepared_hornet
 from frelon import tasks
 from frelon.tasks.classification import ClassificationTask
-from frelon.train import checkpoints, worker
-from frelon.train.distributed import World
+from frelon.train import checkpoints
+from frelon.launch import worker
+from frelon.parallel.distributed import World
 from test_distributed_eval import free_port
 
 TRAIN = dict(epochs=2, world_size=2, batch_size=4, log_every=1)
@@ -245,8 +246,8 @@ def test_ranks_wait_for_rank_zeros_run_lock_before_reading_the_state(data, tmp_p
 
 
 def test_a_stop_asked_for_while_a_single_process_scores_ends_the_scoring():
-    from frelon.train import preemption
-    from frelon.train.distributed import stoppable
+    from frelon.parallel import preemption
+    from frelon.parallel.distributed import stoppable
 
     alone = World(0, 1, 0, torch.device("cpu"))
     assert list(stoppable(range(3), 3, 1, alone)) == [0, 1, 2]
@@ -259,7 +260,7 @@ def test_a_stop_asked_for_while_a_single_process_scores_ends_the_scoring():
 
 def test_the_ranks_wait_for_each_other_as_long_as_the_spec_says(tmp_path, monkeypatch):
     from frelon.errors import FrelonError
-    from frelon.train import distributed
+    from frelon.parallel import distributed
 
     asked = []
 

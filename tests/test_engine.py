@@ -12,8 +12,9 @@ from frelon import tasks
 from frelon.errors import FrelonError
 from frelon.studies.checkpointing import policy_label as memory_label
 from frelon.tasks.classification import ClassificationTask
-from frelon.train import checkpoints, engine, worker
-from frelon.train.distributed import World
+from frelon.train import checkpoints, engine
+from frelon.launch import worker
+from frelon.parallel.distributed import World
 
 CPU = World(0, 1, 0, torch.device("cpu"))
 

@@ -16,7 +16,8 @@ from torch import nn
 from conftest import tool_env
 from engine_fixtures import make_spec, prepared_hornet
 from frelon.tasks.classification import ClassificationTask
-from frelon.train import distributed, engine
+from frelon.parallel import distributed
+from frelon.train import engine
 from test_distributed_eval import free_port, join
 
 BATCH = 8

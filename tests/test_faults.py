@@ -28,7 +28,7 @@ from frelon.data.demo import generate_hornet
 from frelon.errors import FrelonError
 from frelon.tasks.detection.task import DetectionTask
 from frelon.train import checkpoints, engine
-from frelon.train.distributed import World
+from frelon.parallel.distributed import World
 
 CPU = World(0, 1, 0, torch.device("cpu"))
 
@@ -303,7 +303,7 @@ import json, os, signal, sys
 import torch
 from frelon.tasks.detection.task import DetectionTask
 from frelon.train import engine
-from frelon.train.distributed import World
+from frelon.parallel.distributed import World
 
 class KilledTask(DetectionTask):
     batches = 0

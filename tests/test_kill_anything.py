@@ -85,8 +85,8 @@ def describe(process: psutil.Process) -> str:
     except psutil.Error:
         return "gone"
     for pattern, name in (("bin/bash", "job shell"), (".snakemake/scripts", "script job"),
-                          ("frelon.train.worker", "rank"), ("torch.distributed.run", "torchrun"),
-                          ("frelon train", "launcher"), ("frelon.train.warm", "warm server"), ("frelon", "data job")):
+                          ("frelon.launch.worker", "rank"), ("torch.distributed.run", "torchrun"),
+                          ("frelon train", "launcher"), ("frelon.launch.warm", "warm server"), ("frelon", "data job")):
         if pattern in cmd:
             return name
     return cmd[:40]

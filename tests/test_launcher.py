@@ -12,9 +12,10 @@ import pytest
 
 from conftest import tool_env
 from frelon.errors import FrelonError
-from frelon.train import gpu_locks, launcher, parentage
-from frelon.train.gpu_locks import gpu_slots
-from frelon.train.launcher import visible_gpus
+from frelon.parallel import gpu_locks, parentage
+from frelon.launch import launcher
+from frelon.parallel.gpu_locks import gpu_slots
+from frelon.launch.launcher import visible_gpus
 
 
 def test_concurrent_jobs_get_disjoint_gpus(tmp_path):
@@ -258,7 +259,7 @@ def test_one_process_starts_the_worker_directly_and_n_processes_go_through_torch
     launcher.launch(["train", "spec.json"], 1, "cpu", threads=2)
     launcher.launch(["train", "spec.json"], 2, "cpu", threads=2)
     (single, single_env, fds, _), (multi, multi_env, _, _) = workstation
-    assert single[1:] == ["-m", "frelon.train.worker", "train", "spec.json"]
+    assert single[1:] == ["-m", "frelon.launch.worker", "train", "spec.json"]
     assert (single_env["RANK"], single_env["WORLD_SIZE"], single_env["OMP_NUM_THREADS"]) == ("0", "1", "2")
     assert multi[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=2" in multi
     assert multi_env["OMP_NUM_THREADS"] == "1"
@@ -288,12 +289,12 @@ def test_under_slurm_the_ranks_run_in_a_job_step_of_their_own_and_nothing_is_loc
     launcher.launch(["train", "spec.json"], 4, "auto")
     [(cmd, env, fds, _)] = workstation
     assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert cmd[cmd.index("-m") + 1] == "frelon.train.node" and cmd[-3:] == ["--", "train", "spec.json"]
+    assert cmd[cmd.index("-m") + 1] == "frelon.launch.node" and cmd[-3:] == ["--", "train", "spec.json"]
     assert {"--world-size=4", "--rendezvous-id=frelon-4242"} <= set(cmd)
     # the preemption marker is on the shared file system (rank 0 may be on another node), and removed after
     assert Path(env["FRELON_PREEMPTED_MARKER"]).parent.parent == tmp_path and not list(tmp_path.glob(".frelon-*"))
     assert fds == [] and "FRELON_GPU_LOCKS" not in env and not (tmp_path / "locks").exists()
-    assert not (tmp_path / "launches.jsonl").exists()  # each node records its part (frelon.train.node)
+    assert not (tmp_path / "launches.jsonl").exists()  # each node records its part (frelon.launch.node)
 
 def test_a_lock_file_planted_as_a_symlink_is_refused_and_its_target_left_alone(tmp_path):
     secret = tmp_path / "secret"
@@ -342,7 +343,7 @@ def test_signals_reach_the_ranks_as_what_each_launcher_passes_on(monkeypatch):
     launcher._run_forwarding_signals(["python", "-m", "torch.distributed.run", "-m", "w"], {})
     assert sent == [signal.SIGTERM, signal.SIGINT, signal.SIGTERM]   # torchrun would die of USR1
     sent.clear()
-    launcher._run_forwarding_signals(["srun", "python", "-m", "frelon.train.node"], {})
+    launcher._run_forwarding_signals(["srun", "python", "-m", "frelon.launch.node"], {})
     assert sent == [signal.SIGUSR1, signal.SIGTERM, signal.SIGTERM]  # srun answers INT with a status line
 
 

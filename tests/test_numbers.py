@@ -12,7 +12,7 @@ from frelon.config import validate
 from frelon.spec import resolve
 from frelon.tasks.classification import ClassificationTask
 from frelon.train import engine
-from frelon.train.distributed import World
+from frelon.parallel.distributed import World
 from frelon.train.schedules import build_scheduler
 
 CPU = World(0, 1, 0, torch.device("cpu"))

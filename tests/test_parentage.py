@@ -1,5 +1,5 @@
 """A run answers to its launcher: killed, the launcher takes its ranks down, and a rank whose launcher (or, in a
-pipeline job, the launcher's job shell) is gone writes no output into the run folder (frelon.train.parentage)."""
+pipeline job, the launcher's job shell) is gone writes no output into the run folder (frelon.parallel.parentage)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pytest
 
 from conftest import tool_env
 from engine_fixtures import make_spec, prepared_hornet
-from frelon.train import parentage
+from frelon.parallel import parentage
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG")
 
 # prints what a launcher started by a shell would give its ranks, then waits
-MARKING = ("import sys, time; from frelon.train import parentage; env = {}; "
+MARKING = ("import sys, time; from frelon.parallel import parentage; env = {}; "
            "parentage.mark(env, with_parent=sys.argv[1] == '1'); print(env[parentage.LAUNCH_VAR], flush=True); "
            "time.sleep(60)")
 
@@ -58,7 +58,7 @@ def test_a_launch_is_gone_when_its_launcher_exits_and_for_a_job_when_its_shell_d
 
 def test_a_process_that_dies_with_its_parent_gets_sigterm_when_the_parent_is_killed(tmp_path):
     flag = tmp_path / "got-sigterm"
-    child = (f"import signal, sys, time; from frelon.train import parentage\n"
+    child = (f"import signal, sys, time; from frelon.parallel import parentage\n"
              f"signal.signal(signal.SIGTERM, lambda *a: (open({str(flag)!r}, 'w').close(), sys.exit(0)))\n"
              f"parentage.die_with_parent(); print('ready', flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; "
@@ -82,7 +82,7 @@ def test_a_rank_whose_launcher_is_gone_writes_no_output_and_says_why(tmp_path):
     dead.wait()  # a launcher that is gone
     env = {**tool_env(), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
            parentage.LAUNCH_VAR: f"{os.uname().nodename} {dead.pid} 1 0"}
-    proc = subprocess.run([sys.executable, "-m", "frelon.train.worker", "train", str(run / "spec.json"), "--out",
+    proc = subprocess.run([sys.executable, "-m", "frelon.launch.worker", "train", str(run / "spec.json"), "--out",
                            str(run / "metrics.json")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 75, proc.stderr
     assert "has exited: its job was ended, so history.csv is not written" in proc.stderr

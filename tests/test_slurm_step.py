@@ -1,4 +1,4 @@
-"""What a SLURM training step runs on each node (frelon.train.node): a unit test of the command lines.
+"""What a SLURM training step runs on each node (frelon.launch.node): a unit test of the command lines.
 The real thing, on a real SLURM, is tests/test_slurm.py."""
 
 import argparse
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from frelon.errors import FrelonError
-from frelon.train import node
+from frelon.launch import node
 
 
 def args(world_size, nodes=1, device="auto"):
@@ -18,13 +18,13 @@ def args(world_size, nodes=1, device="auto"):
 def test_one_node_starts_one_rank_per_gpu_slurm_gave_it_with_an_equal_share_of_its_cpus():
     cmd, env = node.command(args(2), {"CUDA_VISIBLE_DEVICES": "2,3", "SLURM_CPUS_ON_NODE": "8"})
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    assert cmd[-3:] == ["frelon.train.worker", "train", "s/spec.json"]
+    assert cmd[-3:] == ["frelon.launch.worker", "train", "s/spec.json"]
     assert env["OMP_NUM_THREADS"] == "4" and env["LOCAL_PROCESSES"] == "2"
 
 
 def test_a_single_process_is_the_worker_itself():
     cmd, env = node.command(args(1), {"CUDA_VISIBLE_DEVICES": "0", "SLURM_CPUS_ON_NODE": "3"})
-    assert cmd[1:3] == ["-m", "frelon.train.worker"] and "torch.distributed.run" not in cmd
+    assert cmd[1:3] == ["-m", "frelon.launch.worker"] and "torch.distributed.run" not in cmd
     assert (env["RANK"], env["WORLD_SIZE"], env["OMP_NUM_THREADS"]) == ("0", "1", "3")
 
 
@@ -72,7 +72,7 @@ def test_the_profile_sends_every_launched_rule_to_the_gpu_partition_with_the_war
 def test_each_node_task_of_the_step_gets_the_jobs_cpus_and_gpus_there():
     """srun gives a task one CPU unless told (and since SLURM 22.05 no longer takes the job's
     --cpus-per-task): with CPU binding, a node's ranks and loader workers would share that one."""
-    from frelon.train import slurm
+    from frelon.launch import slurm
 
     one = slurm.step_command(["train", "s.json"], 2, 1, "auto", 10, endpoint="vm:1", env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert "--cpus-per-task=10" in one and "--gpus-per-node=2" in one
@@ -88,7 +88,7 @@ def test_each_node_task_of_the_step_gets_the_jobs_cpus_and_gpus_there():
 
 def test_the_jobs_nodes_and_cpus_per_node_come_from_its_variables_or_squeue(tmp_path, monkeypatch):
     """The SLURM executor's job step removes SLURM_JOB_NUM_NODES and SLURM_JOB_CPUS_PER_NODE."""
-    from frelon.train import slurm
+    from frelon.launch import slurm
 
     assert slurm.allocation("7", {"SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_CPUS_PER_NODE": "16(x1),12"}) == (2, 12)
     (tmp_path / "squeue").write_text("#!/bin/sh\necho '2 24'\n")

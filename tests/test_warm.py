@@ -1,4 +1,4 @@
-"""Warm starts (frelon.train.warm): a CPU run forked from a server that imported everything once trains
+"""Warm starts (frelon.launch.warm): a CPU run forked from a server that imported everything once trains
 the weights a cold start trains, on one process or two; a killed launcher's ranks save and the rerun
 resumes; the server is shared, private to its user and optional."""
 
@@ -17,7 +17,7 @@ import torch
 
 from conftest import tool_env
 from engine_fixtures import make_spec, prepared_hornet
-from frelon.train import warm
+from frelon.launch import warm
 
 TRAIN = {"epochs": 2, "batch_size": 4, "base_batch": 8}
 
@@ -143,8 +143,8 @@ def test_no_warm_server_where_the_folder_is_not_the_users_alone(data, tmp_path):
 def test_stop_ends_the_servers_of_a_folder_and_no_other_process_a_leftover_pid_file_names(tmp_path):
     folder = tmp_path / "w"
     folder.mkdir(mode=0o700)
-    # a server's command line: python -m frelon.train.warm --serve <socket> <frelon>
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "frelon.train.warm", "--serve",
+    # a server's command line: python -m frelon.launch.warm --serve <socket> <frelon>
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "frelon.launch.warm", "--serve",
                                str(folder / "x.sock")])
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the pid reused since
     (folder / "x.pid").write_text(str(server.pid))
@@ -247,7 +247,7 @@ def test_a_socket_served_by_another_user_is_not_used():
 @pytest.mark.slow  # a cold start or several processes: seconds
 def test_any_failure_of_the_warm_path_starts_the_run_cold_with_one_line_saying_why(data, tmp_path, monkeypatch,
                                                                                   capsys):
-    from frelon.train import launcher
+    from frelon.launch import launcher
 
     def broken(*args, **kwargs):  # e.g. an editor's dangling lock link in the package, or no inode left in /tmp
         raise FileNotFoundError(2, "No such file or directory", ".#engine.py")
@@ -321,7 +321,7 @@ def test_a_warm_run_gets_the_launchers_umask_limits_cpus_and_nice_value(tmp_path
         "json.dump({'umask': current_umask(), 'nofile': resource.getrlimit(resource.RLIMIT_NOFILE)[0],\n"
         "           'cpus': sorted(os.sched_getaffinity(0)), 'nice': os.getpriority(os.PRIO_PROCESS, 0)},\n"
         "          open('probe.json', 'w'))\n")
-    client = ("import json, os, resource\nfrom frelon.train import warm\nos.umask(0o077)\n"
+    client = ("import json, os, resource\nfrom frelon.launch import warm\nos.umask(0o077)\n"
               "resource.setrlimit(resource.RLIMIT_NOFILE, (200, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
               "os.sched_setaffinity(0, {0})\nos.nice(3)\n"
               "code = warm.run('probe', [], 1, dict(os.environ), 1)\n"

@@ -14,13 +14,13 @@ import pytest
 
 from conftest import tool_env
 from frelon.errors import FrelonError
-from frelon.train import gpu_locks
-from frelon.train.gpu_locks import gpu_slots
+from frelon.parallel import gpu_locks
+from frelon.parallel.gpu_locks import gpu_slots
 
 STAND_IN_RANK = '''
 import json, os, signal, time
 from pathlib import Path
-from frelon.train.gpu_locks import hold_gpu
+from frelon.parallel.gpu_locks import hold_gpu
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a rank busy saving its state: it lives on for a while
 
@@ -36,7 +36,7 @@ while time.time() < deadline and not (ranks / "release").exists():
 with open(ranks / "ranks.jsonl", "a") as f:  # written while the lock is held
     f.write(json.dumps({"job": os.environ["JOB"], "gpu": gpu, "start": start, "end": time.time()}) + "\\n")
 '''
-LAUNCH = ("import sys; from frelon.train import launcher; launcher.WORKER = 'stand_in_rank'; "
+LAUNCH = ("import sys; from frelon.launch import launcher; launcher.WORKER = 'stand_in_rank'; "
           "sys.exit(launcher.launch([], int(sys.argv[1]), 'auto', 2))")
 
 

@@ -16,7 +16,7 @@ A full disk (or quota) while writing leaves the previous version as it was and r
 which says which disk, how much the write needed and how much is free.
 
 `set_guard(check)` has `check(target)` called just before each target is put in place: a training rank
-uses it to write nothing once its launcher is gone (see `frelon.train.parentage`).
+uses it to write nothing once its launcher is gone (see `frelon.parallel.parentage`).
 """
 
 from __future__ import annotations

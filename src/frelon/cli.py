@@ -219,7 +219,7 @@ def _augment(args: argparse.Namespace) -> None:
 
 
 def _launch(args: argparse.Namespace, spec: dict, worker_args: list[str]) -> int:
-    from frelon.train.launcher import launch
+    from frelon.launch.launcher import launch
 
     return launch(worker_args, spec["train"]["world_size"], spec.get("device", "auto"), args.threads,
                   as_job=args.as_job)
@@ -254,7 +254,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gpus(args: argparse.Namespace) -> None:
-    from frelon.train.launcher import gpu_count
+    from frelon.launch.launcher import gpu_count
 
     print(gpu_count())
 

@@ -26,6 +26,10 @@ NAME = re.compile(r"\w[\w.-]*")
 NAME_RULE = "letters, digits, '_', '.' and '-' ('.' and '-' not first)"
 
 
+# The tables a claim can name beside the studies' (results/tables/<study>.csv): where each is written
+OTHER_TABLES = {"checkpointing": "results/checkpointing/checkpointing.csv",
+                "adversarial": "results/adversarial/attacks.csv", "patch": "results/adversarial/patch.csv"}
+
 def _where(path: Any) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
@@ -125,8 +129,6 @@ def _check_references(config: dict) -> None:
 
 def _check_studies_of_studies(config: dict) -> None:
     """The adversarial study attacks experiments of a classification study; claims read tables that exist."""
-    from frelon.report.claims import OTHER_TABLES
-
     studies, detection = config["studies"], config.get("detection_data", {})
     if "adversarial" in config:
         adversarial = config["adversarial"]

@@ -6,7 +6,7 @@ import sys
 import torch
 
 from frelon.studies.adversarial import run_study
-from frelon.train.launcher import study_gpu
+from frelon.launch.launcher import study_gpu
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake injects it)
 torch.set_num_threads(snakemake.threads)  # noqa: F821

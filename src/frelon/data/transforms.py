@@ -28,7 +28,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor, rgb_to_grayscale
 from frelon.data.augment import sample_seed
 from frelon.data.batch_augment import rotate_hue
 from frelon.errors import FrelonError
-from frelon.spec import detection_augment
+from frelon.data.crops import detection_augment
 
 # the colour jitter's operations, in the order they are applied (ColorJitter's factors, a fixed order)
 COLOUR = ("brightness", "contrast", "saturation", "hue")
@@ -120,7 +120,7 @@ def detection_transform(letterbox: Letterbox) -> v2.Compose:
 
 
 def augmentation_options(options: dict | None) -> dict:
-    """The detection study's augment settings whole (`spec.detection_augment`: the defaults of the crop it
+    """The detection study's augment settings whole (`crops.detection_augment`: the defaults of the crop it
     chose), checked."""
     o = detection_augment(options)
     if o["crop"] == "shift":

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from frelon.data.dataset import collate
-from frelon.train.distributed import World, all_reduce_sum, shard, stoppable
+from frelon.parallel.distributed import World, all_reduce_sum, shard, stoppable
 
 
 @torch.no_grad()

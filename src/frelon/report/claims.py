@@ -31,13 +31,12 @@ from pathlib import Path
 import pandas as pd
 
 from frelon.atomic import write_text
+from frelon.config import OTHER_TABLES
 from frelon.errors import FrelonError
 from frelon.report.tables import collapsed_counts, significant
 
 RELATIONS = ("higher", "lower", "not_lower")
 # Tables that are not a study's: name -> path
-OTHER_TABLES = {"checkpointing": "results/checkpointing/checkpointing.csv",
-                "adversarial": "results/adversarial/attacks.csv", "patch": "results/adversarial/patch.csv"}
 
 
 # Columns that are a share of the table's n images (one measurement each): their spread is binomial

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from frelon.train.distributed import World
+from frelon.parallel.distributed import World
 
 
 class Task(Protocol):

@@ -13,7 +13,7 @@ from frelon.data.dataset import CachedSplit, collate
 from frelon.evaluate.classification import confusion_matrix, metrics
 from frelon.models.resnet import ResNet
 from frelon.models.weights import load_pretrained
-from frelon.train.distributed import World
+from frelon.parallel.distributed import World
 
 
 class ClassificationTask:

@@ -30,12 +30,13 @@ from frelon.data.dataset import loader_workers
 from frelon.errors import FrelonError
 from frelon.models import checkpointing
 from frelon.tasks.base import Task
-from frelon.train import checkpoints, parentage
-from frelon.train import preemption as stopping
-from frelon.train.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum, barrier
+from frelon.train import checkpoints
+from frelon.parallel import parentage
+from frelon.parallel import preemption as stopping
+from frelon.parallel.distributed import World, all_gather_objects, all_reduce_max, all_reduce_sum, barrier
 from frelon.train.history import History, peak_memory_mb
 from frelon.train.optim import build_optimizer
-from frelon.train.preemption import Preempted, Preemption, StopRequested
+from frelon.parallel.preemption import Preempted, Preemption, StopRequested
 from frelon.train.samplers import ResumableSampler
 from frelon.train.schedules import build_scheduler
 

@@ -21,7 +21,7 @@ from frelon.models.weights import load_pretrained
 from frelon.tasks.detection.data import DetectionSet, collate
 from frelon.tasks.detection.decode import decode, heatmap_probabilities, merge_flip
 from frelon.tasks.detection.loss import centernet_loss
-from frelon.train.distributed import World, all_gather_objects, shard, stoppable
+from frelon.parallel.distributed import World, all_gather_objects, shard, stoppable
 
 PICTURE_IMAGES = 8  # validation images in a run's picture
 

@@ -1,10 +1,10 @@
 """The one way training starts: pick devices, then `torchrun --standalone` N worker processes
 (a single process is started directly: same worker, same environment, 2 s less per launch). A CPU
 run outside SLURM is instead forked, ranks and all, from a warm server that imported everything
-once (`frelon.train.warm`: 5 s less per run); FRELON_WARM=0 starts it cold.
+once (`frelon.launch.warm`: 5 s less per run); FRELON_WARM=0 starts it cold.
 
 Snakemake counts GPUs (`resources: gpu=N`) but does not say which ones a job may use, so
-concurrent local jobs take free GPUs with file locks (`frelon.train.gpu_locks`). Under SLURM the
+concurrent local jobs take free GPUs with file locks (`frelon.parallel.gpu_locks`). Under SLURM the
 allocation already names the job's GPUs and no lock is taken. Without GPUs, N CPU processes share the job's threads
 (gloo backend).
 
@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Iterator
 
 from frelon.errors import FrelonError
-from frelon.train import parentage, warm
-from frelon.train.gpu_locks import (DEFAULT_LOCK_DIR, LEASE_VAR, LOCK_DIR_VAR, RANK_LOCKS_VAR, Claim, fake_gpus,
+from frelon.parallel import parentage
+from frelon.launch import warm
+from frelon.parallel.gpu_locks import (DEFAULT_LOCK_DIR, LEASE_VAR, LOCK_DIR_VAR, RANK_LOCKS_VAR, Claim, fake_gpus,
                                     gpu_slots)
-from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER
+from frelon.parallel.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Every BLAS/OpenMP pool must get the per-process share: Snakemake sets them all to the job's
@@ -52,7 +53,7 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 LAUNCH_RECORD_VAR = "FRELON_LAUNCH_RECORD"
-WORKER = "frelon.train.worker"  # the module every rank runs (tests put a stand-in here)
+WORKER = "frelon.launch.worker"  # the module every rank runs (tests put a stand-in here)
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -196,17 +197,17 @@ def _run_forwarding_signals(cmd: list[str], env: dict[str, str], pass_fds: list[
 
 def launch(worker_args: list[str], world_size: int, device: str, threads: int | None = None,
            as_job: bool = False) -> int:
-    """Start `frelon.train.worker` on `world_size` processes; returns the exit code: 0, 75 when the
+    """Start `frelon.launch.worker` on `world_size` processes; returns the exit code: 0, 75 when the
     run stopped on request with its state saved (rerun to resume), otherwise the failure's code.
     torchrun turns any failed rank into 1, so ranks that stop on request leave a marker file.
 
     In a SLURM allocation made for this run (the profile's jobs: exactly its GPUs, or several nodes)
-    the ranks run in a job step of their own over the allocation's nodes (frelon.train.slurm). In an
+    the ranks run in a job step of their own over the allocation's nodes (frelon.launch.slurm). In an
     allocation with more GPUs than the run needs (Snakemake run inside `salloc` or `sbatch`), runs
     share its GPUs as on a workstation, with locks.
 
     `as_job` (a pipeline job: `frelon train --as-job`): the launch stops when the job's shell dies, and its
-    ranks then write no output (`frelon.train.parentage`); in any launch they write none once it is gone."""
+    ranks then write no output (`frelon.parallel.parentage`); in any launch they write none once it is gone."""
     env = dict(os.environ)
     for name in (RANK_LOCKS_VAR, LEASE_VAR):  # an enclosing launch's, never this one's
         env.pop(name, None)
@@ -217,7 +218,7 @@ def launch(worker_args: list[str], world_size: int, device: str, threads: int | 
     if device == "auto" and not gpus:
         warn_unusable_gpus()
     if "SLURM_JOB_ID" in env:
-        from frelon.train import slurm
+        from frelon.launch import slurm
 
         nodes, cpus = slurm.allocation(env["SLURM_JOB_ID"], env)
         if nodes > 1 or len(gpus) <= world_size:
@@ -237,7 +238,7 @@ def launch(worker_args: list[str], world_size: int, device: str, threads: int | 
         per_process = str(max(1, (threads or os.cpu_count() or 1) // world_size))
         if not claim.gpus or fake_gpus() is not None:  # pretended GPUs: the ranks run on the CPU
             env.update({name: per_process for name in THREAD_VARIABLES})
-        # a CPU run is forked from a process that has imported everything already (frelon.train.warm)
+        # a CPU run is forked from a process that has imported everything already (frelon.launch.warm)
         use_warm = not claim.gpus and "SLURM_JOB_ID" not in env and warm.enabled(env)
         if world_size == 1:
             env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")

@@ -15,8 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from frelon.train import preemption
-from frelon.train.gpu_locks import fake_gpus, hold_gpu
+from frelon.parallel import preemption
+from frelon.parallel.gpu_locks import fake_gpus, hold_gpu
 
 # How long a rank waits in a collective for the others (NCCL's default is 10 minutes): rank 0 alone scores
 # COCO (pycocotools) while the others wait, several minutes for val2017 on a slow host.

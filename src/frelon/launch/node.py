@@ -1,4 +1,4 @@
-"""The task `srun` starts on each node of a SLURM training step (see frelon.train.slurm): it starts this
+"""The task `srun` starts on each node of a SLURM training step (see frelon.launch.slurm): it starts this
 node's ranks, one per GPU SLURM gave the node (or world size / nodes processes without GPUs), and
 then is torchrun (or the worker itself, for a single process) by `exec`.
 
@@ -16,7 +16,7 @@ import signal
 import sys
 
 from frelon.errors import FrelonError
-from frelon.train.launcher import THREAD_VARIABLES, record_launch
+from frelon.launch.launcher import THREAD_VARIABLES, record_launch
 
 
 def node_gpus(device: str, env: dict[str, str]) -> list[str]:
@@ -47,18 +47,18 @@ def command(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[str], d
     env["LOCAL_PROCESSES"] = str(per_node)
     if args.nodes == 1 and args.world_size == 1:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-        return [sys.executable, "-m", "frelon.train.worker", *args.worker_args], env
+        return [sys.executable, "-m", "frelon.launch.worker", *args.worker_args], env
     if args.nodes == 1:
         topology = ["--standalone"]
     else:
         topology = ["--nnodes", str(args.nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", args.rendezvous,
                     "--rdzv-id", args.rendezvous_id, "--max-restarts", "0"]
     return [sys.executable, "-m", "torch.distributed.run", *topology, f"--nproc-per-node={per_node}",
-            "-m", "frelon.train.worker", *args.worker_args], env
+            "-m", "frelon.launch.worker", *args.worker_args], env
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="frelon.train.node")
+    parser = argparse.ArgumentParser(prog="frelon.launch.node")
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--world-size", type=int, required=True)
     parser.add_argument("--device", default="auto")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cmd, env = command(args, dict(os.environ))
     except FrelonError as exc:
-        print(f"frelon.train.node: {exc}", file=sys.stderr, flush=True)
+        print(f"frelon.launch.node: {exc}", file=sys.stderr, flush=True)
         return 2
     record_launch(env, args.worker_args, node_gpus(args.device, env), args.world_size,
                   local_processes=int(env["LOCAL_PROCESSES"]), cpus=len(os.sched_getaffinity(0)))

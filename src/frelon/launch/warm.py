@@ -5,7 +5,7 @@ A CPU run's own work can be seconds, while starting it costs more: the interpret
 and TensorBoard (1 s), then torchrun and its ranks doing it all again. The demo starts sixty such runs.
 So the launcher hands a CPU run to a *warm server*: a process started on first use that has imported
 all of that once and forks a *supervisor* per run, which forks the run's ranks (the same worker
-`python -m frelon.train.worker` runs, with torchrun's environment: RANK, WORLD_SIZE, MASTER_PORT...).
+`python -m frelon.launch.worker` runs, with torchrun's environment: RANK, WORLD_SIZE, MASTER_PORT...).
 A fork takes milliseconds and shares the imported pages.
 
 What stays as it was:
@@ -27,7 +27,7 @@ One server per user, interpreter and code version: its socket is named after a h
 executable, frelon's source files (path, size, mtime: an edited file starts a new server), torch's
 and torchvision's install and PYTHONPATH, in `$FRELON_WARM_DIR` (default /tmp/frelon-warm-<uid>,
 mode 0700). It only serves its own user (SO_PEERCRED), and exits after FRELON_WARM_IDLE seconds
-(default 120) without a request. `python -m frelon.train.warm --stop` stops the servers of the folder.
+(default 120) without a request. `python -m frelon.launch.warm --stop` stops the servers of the folder.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ DEFAULT_IDLE_S = 120.0
 START_TIMEOUT_S = 180.0  # the first server imports everything: slow on a loaded machine
 STOP_GRACE_S = 30.0
 RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-DEFAULT_WORKER = "frelon.train.worker"
+DEFAULT_WORKER = "frelon.launch.worker"
 
 
 def enabled(env: dict[str, str]) -> bool:
@@ -210,7 +210,7 @@ def _server(folder: Path, key: str, env: dict[str, str]) -> socket.socket | None
             # none started yet, or ours lost the race to a server that has exited since (idle) without
             # serving: start one (again)
             with open(log_name, "ab") as log:
-                process = subprocess.Popen([sys.executable, "-m", "frelon.train.warm", "--serve", str(path),
+                process = subprocess.Popen([sys.executable, "-m", "frelon.launch.warm", "--serve", str(path),
                                             str(Path(frelon.__file__).resolve())],
                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=server_env, cwd="/",
                                            start_new_session=True, close_fds=True)
@@ -277,7 +277,7 @@ def _is_server(pid: int, socket_path: Path) -> bool:
         owner = os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return False
-    return owner == os.getuid() and b"frelon.train.warm" in cmdline and os.fsencode(socket_path) in cmdline
+    return owner == os.getuid() and b"frelon.launch.warm" in cmdline and os.fsencode(socket_path) in cmdline
 
 
 def stop(folder: str | os.PathLike | None = None) -> int:
@@ -330,7 +330,7 @@ def _apply_state(state: dict) -> None:
 # What runs import (torch._dynamo: the first optimizer or checkpointed block imports it, 2 s), and nothing
 # that starts a thread: forking is only safe from a process with one.
 PRELOAD = ("numpy", "pandas", "tqdm", "torch", "torch._dynamo", "torch.distributed", "torch.nn.parallel",
-           "torch.utils.checkpoint", "torch.utils.tensorboard", "frelon.tasks.classification", "frelon.train.worker")
+           "torch.utils.checkpoint", "torch.utils.tensorboard", "frelon.tasks.classification", "frelon.launch.worker")
 PRELOAD_IF_PRESENT = ("frelon.tasks.detection.task",)  # torchvision: detection only
 
 
@@ -514,7 +514,7 @@ def _rank(rank: int, request: dict) -> None:
         torch.set_num_threads(max(1, int(request["threads"])))
         sys.argv = [request["module"], *request["args"]]
         if request["module"] == DEFAULT_WORKER:
-            from frelon.train import worker
+            from frelon.launch import worker
 
             code = worker.main(request["args"])
         else:
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--stop"]:
         print(f"stopped {stop(argv[1] if len(argv) > 1 else None)} warm server(s)")
         return 0
-    print("usage: python -m frelon.train.warm --stop [FOLDER]", file=sys.stderr)
+    print("usage: python -m frelon.launch.warm --stop [FOLDER]", file=sys.stderr)
     return 2
 
 

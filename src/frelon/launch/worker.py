@@ -1,8 +1,8 @@
-"""The program torchrun starts on every rank: `python -m frelon.train.worker {train,evaluate} SPEC`;
+"""The program torchrun starts on every rank: `python -m frelon.launch.worker {train,evaluate} SPEC`;
 `train SPEC --out METRICS` trains, then scores the test split as `evaluate` does.
 
 On a GPU the rank holds its GPU's lock from `distributed.init` until it exits (see
-`frelon.train.launcher`), so the GPU stays taken while the rank lives, even if the launcher and
+`frelon.launch.launcher`), so the GPU stays taken while the rank lives, even if the launcher and
 torchrun were killed."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from frelon import tasks
 from frelon import atomic
 from frelon.atomic import write_json
 from frelon.errors import FrelonError
-from frelon.train import distributed, engine, parentage, preemption
+from frelon.parallel import distributed, parentage, preemption
+from frelon.train import engine
 from frelon.train.history import throughput
-from frelon.train.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER, Preempted, StopRequested
+from frelon.parallel.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER, Preempted, StopRequested
 
 
 def evaluate(spec: dict, checkpoint: str, out: str, world: distributed.World) -> None:
@@ -89,7 +90,7 @@ def _stopped(world: distributed.World) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="frelon.train.worker")
+    parser = argparse.ArgumentParser(prog="frelon.launch.worker")
     parser.add_argument("mode", choices=["train", "evaluate"])
     parser.add_argument("spec")
     parser.add_argument("--checkpoint")

@@ -1,5 +1,5 @@
 """Training inside a SLURM allocation: one job step (`srun`) with one task per node, each starting the
-ranks of its node (`python -m frelon.train.node`, which runs torchrun or, for one process, the worker).
+ranks of its node (`python -m frelon.launch.node`, which runs torchrun or, for one process, the worker).
 
 Why a job step of its own, not the batch script's processes: SLURM's warning signal
 (`sbatch --signal=USR1@<seconds>`) goes to the processes of the job's steps, not to the batch step.
@@ -87,6 +87,6 @@ def step_command(worker_args: list[str], world_size: int, nodes: int, device: st
     rendezvous = endpoint or f"{socket.gethostname()}:{free_port()}"
     job = env.get("SLURM_JOB_ID", "0")
     return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", *node_share(env, nodes, device, cpus),
-            "--kill-on-bad-exit=1", "--export=ALL", python, "-m", "frelon.train.node", f"--nodes={nodes}", f"--world-size={world_size}",
+            "--kill-on-bad-exit=1", "--export=ALL", python, "-m", "frelon.launch.node", f"--nodes={nodes}", f"--world-size={world_size}",
             f"--device={device}", f"--rendezvous={rendezvous}", f"--rendezvous-id=frelon-{job}", "--",
             *worker_args]

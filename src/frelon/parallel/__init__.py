@@ -1,0 +1,1 @@
+"""What every rank of a run shares: the process group, stop requests, GPU locks, its launcher."""

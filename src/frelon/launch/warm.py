@@ -50,6 +50,8 @@ import time
 import traceback
 from pathlib import Path
 
+from frelon.parallel import parentage
+
 DIR_VAR = "FRELON_WARM_DIR"
 SWITCH_VAR = "FRELON_WARM"  # 0 / off / no / false: always start cold
 IDLE_VAR = "FRELON_WARM_IDLE"
@@ -449,7 +451,7 @@ def _supervise(conn: socket.socket) -> int:
         pid = os.fork()
         if pid == 0:
             conn.close()
-            _die_with(supervisor)
+            parentage.die_with_parent(supervisor)  # no rank trains on without its supervisor
             _rank(rank, request)
         ranks[pid] = rank
 
@@ -489,17 +491,6 @@ def _supervise(conn: socket.socket) -> int:
     with contextlib.suppress(OSError):
         _send(conn, {"exit": code})
     return 0
-
-
-def _die_with(parent: int) -> None:
-    """Have Linux send this process SIGTERM when `parent` (its supervisor) dies, the usual save-and-exit path;
-    if it died already, before this was set, stop now: no rank trains on without a parent watching it."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(128 + signal.SIGTERM)
 
 
 def _rank(rank: int, request: dict) -> None:

@@ -34,17 +34,18 @@ class LaunchGone(RuntimeError):
     """The launcher of this run is gone (killed, or its job shell was): the run writes nothing more."""
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Have Linux send `sig` to this process when its parent dies; if it died already, before this was set,
-    send it now. Nothing elsewhere."""
+def die_with_parent(parent: int | None = None, sig: int = signal.SIGTERM) -> None:
+    """Have Linux send `sig` to this process when its parent dies (the usual save-and-exit path); if the parent
+    is gone already (not `parent`, or, without it, changed while this was set), end now, as that signal's
+    default action would: nothing trains on without a parent watching it. Nothing elsewhere than Linux."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
-    parent = os.getppid()
+    expected = os.getppid() if parent is None else parent
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-    if os.getppid() != parent:  # orphaned while it was set
-        os.kill(os.getpid(), sig)
+    if os.getppid() != expected:
+        os._exit(128 + sig)
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:

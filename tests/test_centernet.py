@@ -27,6 +27,17 @@ def test_outputs_are_heatmap_size_and_offset_maps_at_stride_4(decoder):
     assert 0.05 < torch.sigmoid(out["heatmap"]).mean() < 0.2
 
 
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_narrower_backbone_scales_the_decoder_and_the_heads_by_the_same_factor(decoder):
+    model = CenterNet(num_classes=3, decoder=decoder, width=16)
+    assert model.backbone.layer4[-1].conv2.out_channels == 128
+    assert {m.num_features for m in model.decoder.modules() if isinstance(m, nn.BatchNorm2d)} == {64, 32, 16}
+    assert model.heatmap[0].in_channels == 16 and model.heatmap[0].out_channels == 16
+    assert model.size[-1].in_channels == 16 and model.offset[-1].out_channels == 2
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out["heatmap"].shape == (2, 3, 16, 16) and out["size"].shape == (2, 2, 16, 16)
+
+
 def test_size_and_offset_start_near_zero():
     torch.manual_seed(0)
     model = CenterNet(num_classes=3)

@@ -172,10 +172,42 @@ def test_a_classification_spec_keeps_its_key_order_so_an_upgrade_retrains_nothin
     """Snakemake compares the spec rule's params as text: a new key order would rerun every training job."""
     from frelon.spec import resolve
 
-    spec = resolve(validate(demo, SCHEMA), "results/runs/finetune/pretrained/seed0")
+    course = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    spec = resolve(validate(course, SCHEMA), "results/runs/finetune/pretrained/seed0")
     assert list(spec) == ["experiment", "task", "seed", "device", "output", "data", "model", "train"]
     assert list(spec["model"]) == ["arch", "weights", "norm", "residual", "zero_init_residual", "head_only",
                                    "num_classes", "weights_path"]
+    # a top-level model key is added where the config sets one (the demo's width), after the defaults
+    spec = resolve(validate(demo, SCHEMA), "results/runs/finetune/pretrained/seed0")
+    assert list(spec["model"]) == ["arch", "weights", "norm", "residual", "zero_init_residual", "head_only",
+                                   "width", "num_classes", "weights_path"]
+
+
+def test_the_top_level_model_is_every_runs_default_and_a_study_or_experiment_overrides_it(demo):
+    from frelon.spec import PRETRAIN_RUN, resolve
+
+    demo["model"] = {"width": 16}
+    demo["studies"]["ingredients"]["model"]["width"] = 24
+    demo["studies"]["ingredients"]["experiments"]["resnet34"]["model"]["width"] = 40
+    config = validate(demo, SCHEMA)
+    width = {run: resolve(config, run)["model"]["width"] for run in (
+        PRETRAIN_RUN, "results/runs/finetune/random/seed0", "results/runs/detection/voc-unet",
+        "results/runs/ingredients/norm-none/seed0", "results/runs/ingredients/resnet34/seed0")}
+    assert list(width.values()) == [16, 16, 16, 24, 40]
+
+
+@pytest.mark.parametrize("key,value", [("weights", "resnet18"), ("head_only", True), ("decoder", "unet")])
+def test_a_top_level_model_key_that_differs_from_study_to_study_is_refused(demo, key, value):
+    demo["model"][key] = value
+    with pytest.raises(FrelonError, match=f"config key model: {key} differ from study to study; set them under"):
+        validate(demo, SCHEMA)
+
+
+@pytest.mark.parametrize("width", [0, -8, 2.5, "wide"])
+def test_a_width_that_is_not_a_positive_whole_number_is_named(demo, width):
+    demo["model"]["width"] = width
+    with pytest.raises(FrelonError, match="config key model.width"):
+        validate(demo, SCHEMA)
 
 
 def test_the_nodes_a_run_spreads_over_stay_out_of_its_spec_so_placing_it_elsewhere_retrains_nothing(demo):

@@ -49,6 +49,33 @@ def test_weights_that_do_not_fit_the_options_are_refused(options, tmp_path):
         load_pretrained(ResNet("resnet18", num_classes=2, **options), tmp_path / "w.pth")
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_a_narrower_network_has_the_same_layers_with_every_channel_count_scaled(arch):
+    wide, narrow = ResNet(arch, num_classes=3), ResNet(arch, num_classes=3, width=16)
+    assert [name for name, _ in wide.named_parameters()] == [name for name, _ in narrow.named_parameters()]
+    shapes = {name: tuple(p.shape) for name, p in narrow.named_parameters()}
+    assert shapes["conv1.weight"] == (16, 3, 7, 7) and shapes["bn1.weight"] == (16,)
+    assert shapes["layer1.0.conv1.weight"] == (16, 16, 3, 3)
+    assert shapes["layer2.0.conv1.weight"] == (32, 16, 3, 3) and shapes["layer2.0.downsample.0.weight"] == (32, 16, 1, 1)
+    assert shapes["layer4.1.conv2.weight"] == (128, 128, 3, 3) and shapes["fc.weight"] == (3, 128)
+    assert narrow.forward_features(torch.zeros(2, 3, 64, 64)).shape == (2, 128, 2, 2)
+    assert narrow(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("width", [0, -1, 1.5, True])
+def test_a_width_that_is_not_a_positive_whole_number_is_refused(width):
+    with pytest.raises(FrelonError, match=f"model width {width!r}: give a whole number of channels, 64 as published"):
+        ResNet("resnet18", width=width)
+
+
+def test_weights_of_another_width_are_refused_with_the_width_they_need(tmp_path):
+    torch.save(ResNet("resnet18", num_classes=2, width=32).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(FrelonError, match="32-channel-wide network, this model.width is 64: set model.width to 32"):
+        load_pretrained(ResNet("resnet18", num_classes=2), tmp_path / "w.pth")
+    narrow = load_pretrained(ResNet("resnet18", num_classes=5, width=32), tmp_path / "w.pth")
+    assert narrow.fc.out_features == 5
+
+
 def test_batch_norm_running_statistics_follow_the_course_formula():
     torch.manual_seed(0)
     model = ResNet("resnet18", num_classes=2).train()

@@ -85,6 +85,11 @@ def _check_references(config: dict) -> None:
     """Names used in studies must exist: datasets and weights entries; archives need distinct names."""
     datasets, weights = config["datasets"], config.get("weights", {})
     detection = config.get("detection_data", {})
+    per_run = [key for key in ("weights", "head_only", "decoder") if key in config.get("model", {})]
+    if per_run:
+        raise FrelonError(f"config key model: {', '.join(per_run)} differ from study to study; set them under "
+                          f"each study's or experiment's model (the top-level model holds arch, width, norm, "
+                          f"residual and zero_init_residual for every run)")
     for name in datasets:
         if name in detection:
             raise FrelonError(f"config key datasets.{name}: the name {name!r} is taken by detection_data.{name} "

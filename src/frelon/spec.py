@@ -111,7 +111,10 @@ def resolve(config: dict, run: str) -> dict:
     experiment, dataset_name, shared, overrides, seed = _locate(config, run)
     train = _merge(_merge(config["train"], shared.get("train", {})), overrides.get("train", {}))
     train.pop("nodes", None)  # where the ranks run, not what they compute: see nodes_of
-    model = _merge(_merge(MODEL_DEFAULTS, shared.get("model", {})), overrides.get("model", {}))
+    # config.model: defaults for every run (the demo's narrower ResNets); a key it does not set stays out of
+    # the spec, so that the spec of a config without it is unchanged
+    model = _merge(_merge(_merge(MODEL_DEFAULTS, config.get("model", {})), shared.get("model", {})),
+                   overrides.get("model", {}))
     global_batch = train["batch_size"] * train["world_size"] * train["accumulate"]
     train["global_batch"] = global_batch
     train["lr"] = (scaled_lr(train["base_lr"], global_batch, train["base_batch"])

@@ -31,10 +31,10 @@ from torchvision.ops import DeformConv2d
 
 from frelon.errors import FrelonError
 from frelon.models import checkpointing
-from frelon.models.resnet import ResBlockA, ResNet
+from frelon.models.resnet import WIDTH, ResBlockA, ResNet
 
 DECODERS = ("deconv", "dcn", "unet")
-DECODER_CHANNELS = (256, 128, 64)
+DECODER_CHANNELS = (256, 128, 64)  # at the backbone's published width; a narrower backbone scales them
 HEAD_CHANNELS = 64
 HEATMAP_BIAS = -2.19  # -log((1 - 0.1) / 0.1): every heatmap starts near 0.1
 REGRESSION_STD = 0.001  # the size and offset heads start near 0 (the official init)
@@ -130,29 +130,34 @@ class _WithSkip(nn.Module):
         return self.stage(x, self.skip)
 
 
-def _decoder(kind: str, backbone_channels: Sequence[int]) -> nn.Module:
+def _scaled(channels: int, width: int) -> int:
+    return max(1, channels * width // WIDTH)
+
+
+def _decoder(kind: str, backbone_channels: Sequence[int], width: int = WIDTH) -> nn.Module:
     """The decoder's three stages; `backbone_channels` are layer1..layer4's widths (the U-Net's skips)."""
-    channels = (backbone_channels[-1], *DECODER_CHANNELS)
+    channels = (backbone_channels[-1], *(_scaled(c, width) for c in DECODER_CHANNELS))
     if kind == "unet":
         skips = backbone_channels[-2::-1]
         return nn.ModuleList([UNetStage(cin, skip, cout) for cin, skip, cout in zip(channels, skips, channels[1:])])
     return nn.Sequential(*[_up_stage(cin, cout, kind == "dcn") for cin, cout in zip(channels, channels[1:])])
 
 
-def _head(cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(DECODER_CHANNELS[-1], HEAD_CHANNELS, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(HEAD_CHANNELS, cout, 1))
+def _head(cout: int, width: int = WIDTH) -> nn.Sequential:
+    channels = _scaled(HEAD_CHANNELS, width)
+    return nn.Sequential(nn.Conv2d(_scaled(DECODER_CHANNELS[-1], width), channels, 3, padding=1),
+                         nn.ReLU(inplace=True), nn.Conv2d(channels, cout, 1))
 
 
-def _heatmap_head(num_classes: int) -> nn.Sequential:
-    head = _head(num_classes)
+def _heatmap_head(num_classes: int, width: int = WIDTH) -> nn.Sequential:
+    head = _head(num_classes, width)
     nn.init.constant_(head[-1].bias, HEATMAP_BIAS)
     return head
 
 
-def _regression_head() -> nn.Sequential:
+def _regression_head(width: int = WIDTH) -> nn.Sequential:
     """A size or offset head as the official code starts it: both convolutions' weights N(0, 0.001), biases 0."""
-    head = _head(2)
+    head = _head(2, width)
     for conv in (head[0], head[-1]):
         nn.init.normal_(conv.weight, std=REGRESSION_STD)
         nn.init.zeros_(conv.bias)
@@ -173,21 +178,23 @@ def _cut(plan: checkpointing.Plan | None, sizes: Sequence[int]) -> list[checkpoi
 
 
 class CenterNet(nn.Module):
-    """Heatmap (num_classes), size (2) and offset (2) maps at a quarter of the input resolution."""
+    """Heatmap (num_classes), size (2) and offset (2) maps at a quarter of the input resolution. A backbone
+    of another `width` than the published 64 scales the decoder's and heads' channels by the same factor."""
 
     stride = 4
 
-    def __init__(self, num_classes: int, arch: str = "resnet18", norm: str = "batch", decoder: str = "deconv"):
+    def __init__(self, num_classes: int, arch: str = "resnet18", norm: str = "batch", decoder: str = "deconv",
+                 width: int = WIDTH):
         super().__init__()
         if decoder not in DECODERS:
             raise FrelonError(f"unknown model decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
-        self.backbone = ResNet(arch, num_classes=1, norm=norm)
+        self.backbone = ResNet(arch, num_classes=1, norm=norm, width=width)
         self.backbone.fc = nn.Identity()  # no classifier: every parameter gets a gradient (DDP)
         self.decoder_kind = decoder
-        self.decoder = _decoder(decoder, [stage[-1].conv2.out_channels for stage in self._stages()])
-        self.heatmap = _heatmap_head(num_classes)
-        self.size = _regression_head()
-        self.offset = _regression_head()
+        self.decoder = _decoder(decoder, [stage[-1].conv2.out_channels for stage in self._stages()], width)
+        self.heatmap = _heatmap_head(num_classes, width)
+        self.size = _regression_head(width)
+        self.offset = _regression_head(width)
         self.checkpoint_plan: checkpointing.Plan | None = None
 
     def _stages(self) -> list[nn.Sequential]:

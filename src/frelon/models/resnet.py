@@ -20,6 +20,7 @@ from frelon.errors import FrelonError
 from frelon.models import checkpointing
 
 STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+WIDTH = 64  # the stem's and first stage's channels (He et al.); each later stage doubles them
 GROUPS = 32  # group norm: channels per layer are split into this many groups
 
 
@@ -78,26 +79,28 @@ class ResNet(nn.Module):
     """Stem (7x7 conv, max-pool), four stages of blocks, global pooling and a linear head."""
 
     def __init__(self, arch: str = "resnet18", num_classes: int = 1000, norm: str = "batch",
-                 residual: bool = True, zero_init_residual: bool = False):
+                 residual: bool = True, zero_init_residual: bool = False, width: int = WIDTH):
         super().__init__()
         if arch not in STAGES:
             raise FrelonError(f"unknown model arch {arch!r}: choose one of {', '.join(STAGES)}")
         if norm not in NORMS:
             raise FrelonError(f"unknown model norm {norm!r}: choose one of {', '.join(NORMS)}")
-        self.arch, self.norm, self.residual = arch, norm, residual
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise FrelonError(f"model width {width!r}: give a whole number of channels, {WIDTH} as published")
+        self.arch, self.norm, self.residual, self.width = arch, norm, residual, width
         self.frozen_backbone = False
         self.checkpoint_plan: checkpointing.Plan | None = None  # set by checkpointing.apply
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = NORMS[norm](64)
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = NORMS[norm](width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        widths = (64, 128, 256, 512)
-        for i, (width, depth) in enumerate(zip(widths, STAGES[arch]), start=1):
-            first = ResBlockA(width, norm, residual) if i == 1 else ResBlockB(width // 2, norm, residual)
-            blocks = [first] + [ResBlockA(width, norm, residual) for _ in range(depth - 1)]
+        for i, depth in enumerate(STAGES[arch], start=1):
+            channels = width * 2 ** (i - 1)
+            first = ResBlockA(channels, norm, residual) if i == 1 else ResBlockB(channels // 2, norm, residual)
+            blocks = [first] + [ResBlockA(channels, norm, residual) for _ in range(depth - 1)]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(8 * width, num_classes)
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -139,11 +142,11 @@ class ResNet(nn.Module):
         return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone: a (N, 512, H/32, W/32) feature map."""
+        """The backbone: a (N, 8 x width, H/32, W/32) feature map (512 channels at the published width)."""
         return checkpointing.run_units(self.blocks(), self.checkpoint_plan, self.stem(x))
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """The 7x7 stride-2 convolution, its norm, ReLU and max-pool: stride 4, 64 channels."""
+        """The 7x7 stride-2 convolution, its norm, ReLU and max-pool: stride 4, `width` channels."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,13 @@ def load_pretrained(model: ResNet, weights_path: str | os.PathLike) -> ResNet:
         )
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    if "conv1.weight" in backbone and backbone["conv1.weight"].shape != own["conv1.weight"].shape:
+        raise FrelonError(
+            f"weights {weights_path} are of a {backbone['conv1.weight'].shape[0]}-channel-wide network, this "
+            f"model.width is {model.width}: set model.width to {backbone['conv1.weight'].shape[0]}, or train from "
+            f"scratch (model.weights: null)"
+        )
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:

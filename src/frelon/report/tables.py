@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from frelon.atomic import write_json, write_text
+from frelon.models.resnet import WIDTH
 
 METRIC_COLUMNS = ["test_accuracy", "test_balanced_accuracy"]
 # pycocotools' AP (IoU 0.5:0.95), AP50, AP75, by size, and for VOC the 11-point VOC07 AP50 of the CenterNet paper
@@ -48,6 +49,7 @@ def _detection_row(spec: dict, metrics: dict) -> dict:
         "dataset": spec["data"]["kind"],
         "decoder": spec["model"]["decoder"],
         "arch": spec["model"]["arch"],
+        "width": spec["model"].get("width", WIDTH),
         "init": spec["model"]["weights"] or "random",
         "input_size": detection["input_size"],
         "test_resolution": detection.get("test_resolution", "letterbox"),
@@ -99,6 +101,7 @@ def _row(run: Path) -> dict:
         "experiment": spec["experiment"].split("/", 1)[1],
         **status,
         "arch": spec["model"]["arch"],
+        "width": spec["model"].get("width", WIDTH),
         "norm": spec["model"]["norm"],
         "residual": spec["model"]["residual"],
         "init": spec["model"]["weights"] or "random",

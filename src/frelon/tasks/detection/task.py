@@ -17,6 +17,7 @@ from frelon.data.dataset import loader_workers
 from frelon.errors import FrelonError
 from frelon.evaluate.detection import coco_summary, coco_tables, voc07_ap50
 from frelon.models.centernet import CenterNet
+from frelon.models.resnet import WIDTH
 from frelon.models.weights import load_pretrained
 from frelon.tasks.detection.data import DetectionSet, collate
 from frelon.tasks.detection.decode import decode, heatmap_probabilities, merge_flip
@@ -27,7 +28,8 @@ PICTURE_IMAGES = 8  # validation images in a run's picture
 
 
 def build_model(model_spec: dict, num_classes: int) -> CenterNet:
-    return CenterNet(num_classes, arch=model_spec["arch"], norm=model_spec["norm"], decoder=model_spec["decoder"])
+    return CenterNet(num_classes, arch=model_spec["arch"], norm=model_spec["norm"], decoder=model_spec["decoder"],
+                     width=model_spec.get("width", WIDTH))
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test bench bench-gpu clean
+.PHONY: install demo test bench bench-gpu mutate clean
 
 # uv installs from its cache by hard links: a second install takes seconds where pip unpacks torch's 5 GB
 # again. uv does not read pip's configuration, so pip's indexes and find-links (a local mirror) are handed
@@ -55,5 +55,13 @@ bench: install
 bench-gpu:
 	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) SMOKE=$(or $(SMOKE),0) bash bench/gpu.sh
 
+# Mutation testing of the modules whose numbers the tables report, each against its own fast tests
+# (tools/mutate.py; not part of `make test`): the kill rate per module and every survivor, explained or not.
+MUTMUT := mutmut==3.8.1
+mutate: install
+	$(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_ARGS) '$(MUTMUT)' 2>/dev/null || \
+		$(BIN)/pip install --quiet --disable-pip-version-check '$(MUTMUT)'
+	python tools/mutate.py $(MODULES)
+
 clean:
-	rm -rf data results logs .snakemake
+	rm -rf data results logs .snakemake .mutate

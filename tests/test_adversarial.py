@@ -207,3 +207,45 @@ def test_the_study_refuses_a_model_of_another_preprocessing_or_a_wrong_setting(t
     with pytest.raises(FrelonError, match="fraction of the image"):
         run_study(model, str(prepared), str(tmp_path / "out"), {"patch_areas": [0.05, 2]})
     assert not (tmp_path / "out").exists()   # refused before any work, nothing half-written
+
+
+class Brightness(nn.Module):
+    """Says class 1 as the mean normalised pixel rises above that of a 0.3 grey: a patch learns to be white."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = (0.3 - torch.tensor(MEAN)) / torch.tensor(STD)
+        level = (x - grey[:, None, None]).mean((1, 2, 3)) * 50
+        return torch.stack([torch.zeros_like(level), level], 1)
+
+
+def test_the_patch_study_trains_one_seeded_patch_per_area_and_scores_it_against_noise():
+    from frelon.attacks import patch_study
+
+    g = torch.Generator().manual_seed(0)
+    dark = lambda n: torch.randint(0, 80, (n, 3, 20, 20), generator=g, dtype=torch.uint8)  # noqa: E731 (class 0)
+    train, test = dark(12), dark(10)
+    rows, patches = patch_study(Brightness(), MEAN, STD, train, test, target=1, areas=(0.04, 0.25), steps=20,
+                                lr=0.2, batch=4, seed=3)
+    assert [(r["area"], r["side_px"], r["n"]) for r in rows] == [(0.04, 4, 10), (0.25, 10, 10)]
+    assert [tuple(patches[a].shape) for a in (0.04, 0.25)] == [(3, 4, 4), (3, 10, 10)]
+    big = rows[1]
+    assert big["success"] == 1.0 and big["noise_success"] == 0.0  # a white quarter turns dark images to class 1
+    assert patches[0.25].min() >= 0 and patches[0.25].max() <= 1 and patches[0.25].mean() > 0.9
+    again, again_patches = patch_study(Brightness(), MEAN, STD, train, test, target=1, areas=(0.25,), steps=20,
+                                       lr=0.2, batch=4, seed=3)
+    assert torch.equal(again_patches[0.25], patches[0.25]) and again == [big]  # seeded per area, not per list
+    _, untrained = patch_study(Brightness(), MEAN, STD, train, test, target=1, areas=(0.25,), steps=0, seed=3)
+    assert 0.3 < untrained[0.25].mean() < 0.7  # no step: the uniform random start
+    _, other = patch_study(Brightness(), MEAN, STD, train, test, target=1, areas=(0.25,), steps=0, seed=4)
+    assert not torch.equal(other[0.25], untrained[0.25])  # another seed, another start
+    _, slow = patch_study(Brightness(), MEAN, STD, train, test, target=1, areas=(0.25,), steps=2, lr=0.01,
+                          batch=4, seed=3)
+    assert (slow[0.25] - untrained[0.25]).abs().max() == pytest.approx(0.02, abs=1e-3)  # two Adam steps of lr
+    rows, _ = patch_study(Brightness(), MEAN, STD, train, test, target=0, areas=(0.25,), steps=1, seed=3)
+    assert rows[0]["success"] == 1.0  # already class 0: the target is what is counted
+
+
+def test_a_patch_trained_without_an_image_is_refused():
+    with pytest.raises(FrelonError, match="no training image to optimise the patch on: the train split has none "
+                                          "of the source class; check patch_source"):
+        train_patch(Brightness(), torch.zeros(0, 3, 8, 8, dtype=torch.uint8), 1, 2)

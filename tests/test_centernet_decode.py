@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from frelon.evaluate.detection import coco_eval
@@ -68,3 +69,30 @@ def test_decoding_mirrored_heads_gives_mirrored_boxes():
     mirrored = [[width - x2 / STRIDE, y1 / STRIDE, width - x1 / STRIDE, y2 / STRIDE] for x1, y1, x2, y2 in boxes]
     assert sorted(zip(labels[0].tolist(), found[0].tolist())) == [(0, mirrored[0]), (1, mirrored[1])]
     assert scores.eq(1).all()
+
+
+def test_a_peak_decodes_to_its_cell_plus_both_offsets_and_its_size_around_that_centre():
+    heatmap, size, offset = torch.zeros(1, 2, 8, 10), torch.zeros(1, 2, 8, 10), torch.zeros(1, 2, 8, 10)
+    heatmap[0, 1, 3, 6] = 0.9  # class 1 at x = 6, y = 3
+    offset[0, :, 3, 6] = torch.tensor([0.25, 0.75])  # x, then y
+    size[0, :, 3, 6] = torch.tensor([4.0, 2.0])  # width, then height
+    boxes, scores, labels = decode(heatmap, size, offset, k=1)
+    assert boxes[0, 0].tolist() == [6.25 - 2, 3.75 - 1, 6.25 + 2, 3.75 + 1]
+    assert scores.tolist() == [[pytest.approx(0.9)]] and labels.tolist() == [[1]]
+
+
+def test_a_cell_next_to_a_higher_one_of_its_class_is_no_peak_but_one_of_another_class_is():
+    heatmap = torch.zeros(1, 2, 6, 6)
+    heatmap[0, 0, 2, 2], heatmap[0, 0, 2, 3], heatmap[0, 0, 3, 3] = 0.9, 0.8, 0.7  # one object's cells
+    heatmap[0, 0, 2, 5] = 0.6  # two cells away: a peak of its own
+    heatmap[0, 1, 2, 3] = 0.5  # another class on the same cell: not suppressed by class 0
+    _, scores, labels = decode(heatmap, torch.ones(1, 2, 6, 6), torch.zeros(1, 2, 6, 6), k=5)
+    assert scores[0].tolist() == pytest.approx([0.9, 0.6, 0.5, 0.0, 0.0])
+    assert labels[0, :3].tolist() == [0, 0, 1]
+
+
+def test_k_larger_than_the_cells_returns_every_cell_and_ties_keep_both():
+    heatmap = torch.zeros(1, 1, 3, 3)
+    heatmap[0, 0, 0, 0] = heatmap[0, 0, 2, 2] = 0.5
+    boxes, scores, _ = decode(heatmap, torch.ones(1, 2, 3, 3), torch.zeros(1, 2, 3, 3), k=100)
+    assert boxes.shape == (1, 9, 4) and scores[0, :2].tolist() == [0.5, 0.5] and scores[0, 2:].eq(0).all()

@@ -156,3 +156,33 @@ def test_a_batch_without_objects_and_its_errors():
     with pytest.raises(FrelonError, match="not divisible by the output stride 4"):
         build_targets_batch(boxes[:, :1], torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1, dtype=torch.bool),
                             1, (30, 32))
+
+
+def peak_from_its_definition(height: int, width: int, x: int, y: int, radius: int) -> torch.Tensor:
+    """exp(-(dx² + dy²) / (2 sigma²)) with sigma = (2 radius + 1) / 6, within `radius` of (x, y) on each axis."""
+    sigma = (2 * radius + 1) / 6
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    value = torch.exp(-((xs - x) ** 2 + (ys - y) ** 2).float() / (2 * sigma**2))
+    return value.where(((xs - x).abs() <= radius) & ((ys - y).abs() <= radius), torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("min_overlap", [0.3, 0.7])
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_peak_spreads_exactly_its_radius_at_the_min_overlap_asked_for(min_overlap, batched):
+    """The radius comes from gaussian_radius(ceil(h), ceil(w), min_overlap) of the box on the grid, and the peak
+    is the Gaussian of that radius: 0.3 and 0.7 give different widths, and neither is the official 3x one."""
+    box = torch.tensor([[38.0, 30.0, 102.0, 78.0]])  # 16 x 12 cells at stride 4, centre (17.5, 13.5)
+    radius = int(gaussian_radius(12, 16, min_overlap))
+    # by hand, case 2 binds: 4r² - 56r + (1 - t) 192 = 0, r = (56 - sqrt(56² - 16 (1 - t) 192)) / 8:
+    # 3.08 at t = 0.3, 1.12 at t = 0.7 (the official code's 3.3-3.8x would draw 10 and 4)
+    assert radius == {0.3: 3, 0.7: 1}[min_overlap]
+    if batched:
+        heatmap = build_targets_batch(box[None], torch.tensor([[0]]), torch.tensor([[True]]), 1, (128, 160),
+                                      max_objects=2, min_overlap=min_overlap)["heatmap"][0, 0]
+    else:
+        heatmap = build_targets(box, torch.tensor([0]), 1, (128, 160), max_objects=2,
+                                min_overlap=min_overlap)["heatmap"][0]
+    expected = peak_from_its_definition(32, 40, 17, 13, radius)
+    torch.testing.assert_close(heatmap, expected, atol=1e-6, rtol=0)
+    row = heatmap[13]
+    assert row[17 + radius] > 0 and row[17 + radius + 1] == 0 and row[17 - radius] > 0 and row[17 - radius - 1] == 0

@@ -14,7 +14,7 @@ from frelon.models.centernet import CenterNet
 from frelon.models.resnet import ResNet
 from frelon.parallel import distributed
 from frelon.train import engine
-from test_distributed_eval import free_port, join
+from test_distributed_eval import join, rendezvous
 
 NAMES18 = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
 POLICIES = ["none", ["layer2", "layer4"], ["layer1.1", "layer3"], "sqrt", "all"]
@@ -338,7 +338,8 @@ def _ddp_rank(rank, port, out):
 
 @pytest.mark.slow  # two processes, and a compile in each: 9 s
 def test_a_two_rank_ddp_step_with_checkpointing_eager_or_compiled_has_the_gradients_of_one_without(tmp_path):
-    mp.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "grads")), nprocs=2, join=True)
+    with rendezvous() as port:
+        mp.spawn(_ddp_rank, args=(port, str(tmp_path / "grads")), nprocs=2, join=True)
     for rank in (0, 1):
         results = torch.load(tmp_path / f"grads.{rank}", weights_only=True)
         grads, buffers = results["none"]

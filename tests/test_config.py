@@ -241,3 +241,174 @@ def test_compile_auto_compiles_on_a_gpu_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
     assert [should_compile(s, cpu) for s in (True, False, "auto")] == [True, False, False]
     assert [should_compile(s, cuda) for s in (True, False, "auto")] == [True, False, True]
+
+
+@pytest.mark.parametrize("scaling", ["linear", "none"])
+def test_the_global_batch_counts_processes_and_accumulated_micro_batches_and_only_linear_scales_the_lr(demo, scaling):
+    from frelon.spec import resolve
+
+    demo["studies"]["scaling"]["experiments"]["w2-linear-warmup"]["train"].update(
+        accumulate=3, lr_scaling=scaling, batch_size=8)
+    spec = resolve(validate(demo, SCHEMA), "results/runs/scaling/w2-linear-warmup")
+    train = spec["train"]
+    assert train["global_batch"] == 8 * 2 * 3
+    base_lr, base_batch = train["base_lr"], train["base_batch"]
+    assert base_batch != 48 and base_lr == demo["studies"]["scaling"]["train"]["base_lr"]
+    assert train["lr"] == pytest.approx(base_lr * 48 / base_batch if scaling == "linear" else base_lr)
+    assert train["lr_schedule"]["warmup_start_factor"] == pytest.approx(
+        min(1.0, base_batch / 48) if scaling == "linear" else 0.0)
+
+
+def test_an_experiment_overrides_its_study_which_overrides_the_config_key_by_key(demo):
+    from frelon.spec import resolve
+
+    demo["train"]["momentum"] = 0.8
+    demo["studies"]["scaling"]["train"]["nesterov"] = True
+    demo["studies"]["scaling"]["experiments"]["w1-warmup"]["train"]["lr_schedule"]["final_factor"] = 0.2
+    train = resolve(validate(demo, SCHEMA), "results/runs/scaling/w1-warmup")["train"]
+    assert (train["momentum"], train["nesterov"], train["epochs"]) == (0.8, True, demo["studies"]["scaling"]["train"]["epochs"])
+    assert train["lr_schedule"]["final_factor"] == 0.2 and train["lr_schedule"]["warmup_epochs"] == 1
+    assert train["lr_schedule"]["decay"] == demo["train"]["lr_schedule"]["decay"]
+    assert "nodes" not in train and demo["train"]["momentum"] == 0.8  # the config itself is left as it was
+
+
+def small_config(demo: dict) -> dict:
+    """The demo's data sections with one study of each task, its settings given here: specs to write out."""
+    demo["model"] = {}
+    demo["weights"]["resnet18"].update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    demo["datasets"]["hornet"].update(image_size=40, resize=44)
+    demo["studies"] = {
+        "one": {"dataset": "hornet", "seeds": [3, 4], "augment": ["affine"], "model": {"weights": "resnet18"},
+                "train": {"world_size": 2, "batch_size": 4, "accumulate": 2, "base_batch": 8, "base_lr": 0.1,
+                          "lr_scaling": "linear"},
+                "experiments": {"a": {"model": {"arch": "resnet34"}, "augmented": True},
+                                "b": {"model": {"weights": None}, "augment": [], "dataset": "demo_source"}}},
+        "boxes": {"dataset": "voc", "detection": {"input_size": 64, "min_overlap": 0.3},
+                  "experiments": {"plain": {}, "traps": {"dataset": "hornet_traps", "model": {"decoder": "unet"},
+                                                        "detection": {"max_objects": 20}}}},
+    }
+    demo["adversarial"]["study"], demo["adversarial"]["models"] = "one", ["a"]
+    demo["adversarial"].pop("patch_model", None)
+    demo["claims"] = []
+    return validate(demo, SCHEMA)
+
+
+def test_a_classification_spec_written_out_in_full(demo):
+    from frelon.spec import resolve
+
+    spec = resolve(small_config(demo), "results/runs/one/a/seed4")
+    assert {k: v for k, v in spec.items() if k != "train"} == {
+        "experiment": "one/a", "task": "classification", "seed": 4, "device": "cpu", "output": "results/runs/one/a/seed4",
+        "data": {"dir": "data/augmented/hornet", "augmented": True, "augment": ["affine"],
+                 "classes": ["absence", "presence"],
+                 "preprocessing": {"resize": 44, "crop": 40, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}},
+        "model": {"arch": "resnet34", "weights": "resnet18", "norm": "batch", "residual": True,
+                  "zero_init_residual": False, "head_only": False, "num_classes": 2,
+                  "weights_path": "data/weights/resnet18.pth"}}
+    assert (spec["train"]["global_batch"], spec["train"]["lr"]) == (16, pytest.approx(0.2))
+    other = resolve(small_config(demo), "results/runs/one/b/seed3")
+    assert other["data"]["dir"] == "data/prepared/demo_source" and other["data"]["augment"] == []
+    assert other["data"]["augmented"] is False
+    assert other["data"]["preprocessing"]["mean"] == list(IMAGENET_MEAN) and other["model"]["weights_path"] is None
+    assert other["data"]["classes"] == demo["datasets"]["demo_source"]["classes"] and other["model"]["num_classes"] == 6
+    assert other["data"]["preprocessing"]["resize"] == other["data"]["preprocessing"]["crop"] == 48
+
+
+def test_a_detection_spec_written_out_in_full(demo):
+    from frelon.spec import resolve
+
+    config = small_config(demo)
+    spec = resolve(config, "results/runs/boxes/traps")
+    assert {k: v for k, v in spec.items() if k != "train"} == {
+        "experiment": "boxes/traps", "task": "detection", "seed": 0, "device": "cpu", "output": "results/runs/boxes/traps",
+        "data": {"dir": "data/prepared/hornet_traps", "kind": "hornet_traps", "augmented": False,
+                 "preprocessing": {"input_size": 64, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}},
+        "model": {"decoder": "unet", "arch": "resnet18", "weights": None, "norm": "batch", "residual": True,
+                  "zero_init_residual": False, "head_only": False, "weights_path": None},
+        "detection": {"input_size": 64, "test_resolution": "letterbox", "max_objects": 20,
+                      "too_many_objects": "keep_first", "crowd": "train", "min_overlap": 0.3, "flip_test": False,
+                      "top_k": 100, "size_weight": 0.1, "offset_weight": 1.0, "augment": spec["detection"]["augment"]}}
+    assert resolve(config, "results/runs/boxes/plain")["model"]["decoder"] == "deconv"
+
+
+def test_runs_are_listed_per_seed_in_config_order_and_grouped_by_experiment(demo):
+    from frelon.spec import all_runs, nodes_of, runs_by_experiment, task_of
+
+    config = small_config(demo)
+    assert all_runs(config) == ["results/runs/one/a/seed3", "results/runs/one/a/seed4", "results/runs/one/b/seed3",
+                                "results/runs/one/b/seed4", "results/runs/boxes/plain", "results/runs/boxes/traps"]
+    assert all_runs(config, "boxes") == ["results/runs/boxes/plain", "results/runs/boxes/traps"]
+    assert runs_by_experiment(config, "one") == {"a": ["results/runs/one/a/seed3", "results/runs/one/a/seed4"],
+                                                 "b": ["results/runs/one/b/seed3", "results/runs/one/b/seed4"]}
+    assert runs_by_experiment(config, "boxes") == {"plain": ["results/runs/boxes/plain"],
+                                                   "traps": ["results/runs/boxes/traps"]}
+    assert [task_of(config, r) for r in ("results/runs/one/b/seed3", "results/runs/boxes/plain")] == [
+        "classification", "detection"]
+    config["studies"]["one"]["train"]["nodes"] = 3
+    assert nodes_of(config, "results/runs/one/a/seed3") == 3 and nodes_of(config, "results/runs/boxes/plain") == 1
+    with pytest.raises(FrelonError, match=r"results/runs/one/a is not a run of this config: expected "
+                                          r"results/runs/<study>/<experiment>, and /seed<N> below it"):
+        task_of(config, "results/runs/one/a")
+
+
+def test_the_demo_pretraining_is_a_run_of_its_own_on_the_source_set(demo):
+    from frelon.spec import PRETRAIN_RUN, resolve
+
+    spec = resolve(validate(demo, SCHEMA), PRETRAIN_RUN)
+    assert (spec["experiment"], spec["output"], spec["seed"]) == ("pretrain/demo", "data/demo/pretrain", demo["seed"])
+    assert spec["data"]["dir"] == "data/prepared/demo_source" and spec["model"]["weights"] is None
+    assert spec["train"]["epochs"] == demo["demo"]["pretrain"]["train"]["epochs"]
+
+
+def test_merging_overrides_nested_keys_one_by_one_and_leaves_both_sides_as_they_were():
+    from frelon.spec import _merge
+
+    base = {"a": {"x": 1, "deep": {"k": 1}}, "b": 2, "keep": {"n": 1}}
+    override = {"a": {"y": 2, "deep": {"j": 2}}, "b": {"w": 1}, "c": {"z": 3}}
+    merged = _merge(base, override)
+    assert merged == {"a": {"x": 1, "y": 2, "deep": {"k": 1, "j": 2}}, "b": {"w": 1}, "keep": {"n": 1}, "c": {"z": 3}}
+    merged["keep"]["n"] = 9
+    assert base == {"a": {"x": 1, "deep": {"k": 1}}, "b": 2, "keep": {"n": 1}}  # a copy, not a view
+    assert override == {"a": {"y": 2, "deep": {"j": 2}}, "b": {"w": 1}, "c": {"z": 3}}
+
+
+def test_resolving_changes_nothing_in_the_config(demo):
+    from frelon.spec import resolve
+
+    config = validate(demo, SCHEMA)
+    before = copy.deepcopy(config)
+    resolve(config, "results/runs/scaling/w1-warmup")  # its lr_schedule gets a warmup_start_factor
+    resolve(config, "results/runs/detection/voc-unet")
+    assert config == before
+
+
+def test_what_a_config_leaves_out_takes_its_default(demo):
+    from frelon.spec import resolve, task_of
+
+    small = small_config(demo)
+    del small["device"]
+    small["studies"]["boxes"].pop("detection")
+    small["studies"]["boxes"]["experiments"]["plain"] = {"detection": {"input_size": 64},
+                                                         "model": {"weights": "resnet18"}}
+    small["studies"]["one"]["augmented"] = True
+    small["studies"]["one"]["experiments"]["a"].pop("augmented")
+    plain = resolve(small, "results/runs/boxes/plain")
+    assert plain["device"] == "auto" and plain["detection"]["min_overlap"] == 0.7
+    assert plain["data"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert plain["data"]["preprocessing"]["std"] == [0.25, 0.25, 0.25]
+    a = resolve(small, "results/runs/one/a/seed3")
+    assert a["device"] == "auto" and a["data"]["augmented"] is True and a["data"]["dir"] == "data/augmented/hornet"
+    del small["studies"]["boxes"], small["detection_data"]
+    assert task_of(small, "results/runs/one/b/seed3") == "classification"
+    assert resolve(small, "results/runs/one/b/seed3")["data"]["augmented"] is True  # the study's, as a's
+
+
+def test_a_detection_studys_augmentation_is_resolved_with_its_defaults(demo):
+    from frelon.data.crops import detection_augment
+    from frelon.spec import resolve
+
+    small = small_config(demo)
+    small["studies"]["boxes"]["detection"]["augment"] = {"flip": 0.25, "crop": "random"}
+    augment = resolve(small, "results/runs/boxes/plain")["detection"]["augment"]
+    assert augment == detection_augment({"flip": 0.25, "crop": "random"}) and augment["flip"] == 0.25
+    assert set(augment) > {"flip", "crop"}  # every other key at its default

@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from detection_fixtures import coco_folder, prepared_pictures, voc_devkit
 from frelon.data import coco, voc
 from frelon.data.demo_detection import COCO_CATEGORIES
+from frelon.errors import FrelonError
 from frelon.data.transforms import apply, detection_transform, draw_augmentation, training_matrix, warp_image
 from frelon.evaluate.detection import STATS, coco_eval, coco_summary, coco_tables
 from frelon.spec import DETECTION_DEFAULTS
@@ -59,9 +60,9 @@ def test_voc_to_coco_matches_every_xml_box_by_box(devkit):
 def test_voc_test_set_and_a_missing_set_is_named(devkit):
     test = voc.to_coco(devkit, voc.parse_sets("2007:test"))
     assert len(test["images"]) == 10 and all(im["file_name"].startswith("VOC2007/") for im in test["images"])
-    with pytest.raises(Exception, match=r"VOC2012/ImageSets/Main/test.txt not found"):
+    with pytest.raises(FrelonError, match=r"VOC2012/ImageSets/Main/test.txt not found"):
         voc.to_coco(devkit, voc.parse_sets("2012:test"))
-    with pytest.raises(Exception, match="is not YEAR:SET"):
+    with pytest.raises(FrelonError, match="is not YEAR:SET"):
         voc.parse_sets("2007")
 
 
@@ -80,7 +81,7 @@ def test_coco_layout_index_and_training_targets_without_crowds(coco_root):
     assert sum(im["crowd"] for im in images.values()) == crowds > 0
     assert sum(len(im["boxes"]) for im in images.values()) == len(raw["annotations"]) - crowds
     assert all(0 <= label < 5 for im in images.values() for label in im["labels"])
-    with pytest.raises(Exception, match="lacks .*val2017"):
+    with pytest.raises(FrelonError, match="lacks .*val2017"):
         coco.check_layout(coco_root / "train2017")
 
 
@@ -93,7 +94,7 @@ def test_coco_eval_gives_1_for_the_ground_truth_and_less_for_shifted_boxes(coco_
     assert list(scores) == list(STATS) and scores["AP"] == pytest.approx(1.0) and scores["AP50"] == pytest.approx(1.0)
     shifted = [{**d, "bbox": [d["bbox"][0] + d["bbox"][2] * 0.3, *d["bbox"][1:]]} for d in perfect]
     assert coco_eval(gt, shifted, quiet=True)["AP75"] < 0.5
-    with pytest.raises(Exception, match="category ids .* not in"):
+    with pytest.raises(FrelonError, match="category ids .* not in"):
         coco_eval(gt, [{**perfect[0], "category_id": 2}], quiet=True)
 
 
@@ -140,7 +141,7 @@ def test_prepare_voc_and_coco_write_the_splits_and_a_report(devkit, coco_root, t
     assert [c["index"] for c in categories] == list(range(5)) and [c["id"] for c in categories] == [1, 3, 18, 44, 90]
     (coco_root / "val2017" / "000000000017.jpg").rename(tmp_path / "moved.jpg")
     try:
-        with pytest.raises(Exception, match=r"1 image\(s\) listed in .* are not in"):
+        with pytest.raises(FrelonError, match=r"1 image\(s\) listed in .* are not in"):
             coco.prepare(coco_root, tmp_path / "coco2")
         assert not (tmp_path / "coco2").exists()
     finally:

@@ -18,7 +18,7 @@ from frelon.parallel import distributed
 from frelon.train import engine
 from frelon.launch import worker
 from frelon.parallel.distributed import World
-from test_distributed_eval import free_port
+from test_distributed_eval import AGENT_STORE, rendezvous
 
 CPU = World(0, 1, 0, torch.device("cpu"))
 TRAIN = dict(epochs=2, batch_size=8, log_every=1)
@@ -68,7 +68,7 @@ def test_evaluation_gives_cocos_twelve_numbers_and_voc07_ap50_and_writes_detecti
 
 def _evaluate_rank(rank, port, spec, checkpoint, out):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), **AGENT_STORE)
     world = distributed.init("cpu")
     try:
         task = DetectionTask(spec)
@@ -86,8 +86,9 @@ def test_two_gloo_ranks_detect_each_image_once_and_score_as_one_process(trained,
     model = task.build_model(pretrained=False)
     model.load_state_dict(torch.load(trained / "model.pt", weights_only=True)["model"])
     alone = task.evaluate(model, "test", CPU)
-    mp.spawn(_evaluate_rank, args=(free_port(), spec, str(trained / "model.pt"), str(tmp_path / "r")), nprocs=2,
-             join=True)
+    with rendezvous() as port:
+        mp.spawn(_evaluate_rank, args=(port, spec, str(trained / "model.pt"), str(tmp_path / "r")), nprocs=2,
+                 join=True)
     rank0, rank1 = torch.load(tmp_path / "r.0"), torch.load(tmp_path / "r.1")
     key = lambda d: (d["image_id"], d["category_id"], d["score"], tuple(d["bbox"]))
     assert sorted(map(key, rank0["detections"])) == sorted(map(key, alone["detections"]))

@@ -21,7 +21,7 @@ from frelon.tasks.classification import ClassificationTask
 from frelon.train import checkpoints
 from frelon.launch import worker
 from frelon.parallel.distributed import World
-from test_distributed_eval import free_port
+from test_distributed_eval import AGENT_STORE, rendezvous
 
 TRAIN = dict(epochs=2, world_size=2, batch_size=4, log_every=1)
 
@@ -83,7 +83,7 @@ def fake_cuda(rank: int, visible: int) -> list[torch.Generator]:
 
 def _rank(rank, port, out, options):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), FRELON_PREEMPTED_MARKER=f"{out}/preempted")
+                      MASTER_PORT=str(port), FRELON_PREEMPTED_MARKER=f"{out}/preempted", **AGENT_STORE)
     torch.set_num_threads(1)
     pending = nccl_emulation.install()
     generators = fake_cuda(rank, options["visible"]) if options.get("visible") else []
@@ -113,7 +113,8 @@ def _rank(rank, port, out, options):
 def run(out, **options):
     """Both ranks of the run in `out` (its spec.json); what each reported when its worker returned."""
     (out / "preempted").unlink(missing_ok=True)
-    mp.spawn(_rank, args=(free_port(), str(out), options), nprocs=2, join=True)
+    with rendezvous() as port:
+        mp.spawn(_rank, args=(port, str(out), options), nprocs=2, join=True)
     return [torch.load(out / f"report.{rank}", weights_only=False) for rank in (0, 1)]
 
 
@@ -233,15 +234,16 @@ def test_ranks_wait_for_rank_zeros_run_lock_before_reading_the_state(data, tmp_p
     shutil.move(saved, tmp_path / "later.pt")  # the old ranks' last state, not written yet
     lock = os.open(tmp_path / ".train.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)  # the old ranks still hold the run
-    context = mp.start_processes(_rank, args=(free_port(), str(tmp_path), {"loads": True}), nprocs=2,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + 8  # both ranks start; rank 0 waits for the lock; rank 1 must wait for rank 0
-    while time.monotonic() < deadline and not (tmp_path / "loaded.1").exists():
-        time.sleep(0.1)
-    shutil.move(tmp_path / "later.pt", saved)
-    os.close(lock)  # the old ranks exit
-    while not context.join():
-        pass
+    with rendezvous() as port:
+        context = mp.start_processes(_rank, args=(port, str(tmp_path), {"loads": True}), nprocs=2,
+                                     join=False, start_method="spawn")
+        deadline = time.monotonic() + 8  # both ranks start; rank 0 waits for the lock; rank 1 must wait for rank 0
+        while time.monotonic() < deadline and not (tmp_path / "loaded.1").exists():
+            time.sleep(0.1)
+        shutil.move(tmp_path / "later.pt", saved)
+        os.close(lock)  # the old ranks exit
+        while not context.join():
+            pass
     assert [torch.load(tmp_path / f"loaded.{rank}") for rank in (0, 1)] == [3, 3]
 
 

@@ -18,7 +18,7 @@ from engine_fixtures import make_spec, prepared_hornet
 from frelon.tasks.classification import ClassificationTask
 from frelon.parallel import distributed
 from frelon.train import engine
-from test_distributed_eval import free_port, join
+from test_distributed_eval import AGENT_STORE, join, rendezvous
 
 BATCH = 8
 
@@ -35,7 +35,7 @@ def batch():
 
 def _ddp_rank(rank, port, out):
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), **AGENT_STORE)
     world = distributed.init("cpu")
     try:
         model = tiny_net()
@@ -49,7 +49,8 @@ def _ddp_rank(rank, port, out):
 
 
 def test_a_two_rank_ddp_step_has_the_gradients_of_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "grads")), nprocs=2, join=True)
+    with rendezvous() as port:
+        mp.spawn(_ddp_rank, args=(port, str(tmp_path / "grads")), nprocs=2, join=True)
     model = tiny_net()
     x, y = batch()
     nn.functional.cross_entropy(model(x), y).backward()
@@ -89,7 +90,8 @@ def test_every_rank_validates_with_rank_zeros_batch_norm_statistics(data, tmp_pa
     """DDP syncs buffers only at the start of a training forward: after the epoch's last step each rank
     holds the statistics of its own last batch, unless they are broadcast before validation."""
     spec = make_spec(data, tmp_path, epochs=1, world_size=2, batch_size=4)
-    mp.spawn(_fit_rank, args=(free_port(), spec), nprocs=2, join=True)
+    with rendezvous() as port:
+        mp.spawn(_fit_rank, args=(port, spec), nprocs=2, join=True)
     saved = torch.load(tmp_path / "model.pt", weights_only=True)["model"]  # rank 0's
     for rank in (0, 1):
         buffers = torch.load(tmp_path / f"buffers.{rank}", weights_only=True)
@@ -167,19 +169,31 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(how, d
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    """The second save stops half-way through its bytes and says so; the kill comes then, whatever the disk's
+    speed (no race between a poll and a write that may finish first)."""
     target = tmp_path / "last.pt"
     script = (
-        "import sys, torch\n"
+        "import sys, time, torch\n"
         "from frelon.train import checkpoints\n"
         f"checkpoints.save({str(target)!r}, {{'step': 1, 'w': torch.ones(3)}})\n"
         "print('saved', flush=True)\n"
-        f"checkpoints.save({str(target)!r}, {{'step': 2, 'w': torch.zeros(150_000_000)}})\n"
+        "save = torch.save\n"
+        "class Stalls:\n"
+        "    def __init__(self, f): self.f, self.written = f, 0\n"
+        "    def write(self, data):\n"
+        "        self.written += self.f.write(data)\n"
+        "        if self.written > 1_000_000:\n"
+        "            self.f.flush(); print('writing', flush=True); time.sleep(600)\n"
+        "        return len(data)\n"
+        "    def __getattr__(self, name): return getattr(self.f, name)\n"
+        "torch.save = lambda obj, f: save(obj, Stalls(f))\n"
+        f"checkpoints.save({str(target)!r}, {{'step': 2, 'w': torch.zeros(1_000_000)}})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "saved"
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".last.pt.*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert proc.stdout.readline().strip() == "writing"
+    [partial] = tmp_path.glob(".last.pt.*.tmp")
+    assert partial.stat().st_size > 1_000_000
     proc.kill()
     proc.wait()
     state = torch.load(target, weights_only=True)

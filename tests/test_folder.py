@@ -97,7 +97,7 @@ def test_a_split_prepared_with_other_sizes_is_refused_by_the_training_view(tmp_p
 def test_failed_prepare_leaves_no_output(tmp_path):
     make_folder(tmp_path / "src", {"absence": 10, "presence": 6})
     (tmp_path / "src" / "presence" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(Exception):
+    with pytest.raises(FrelonError, match=r"1 file\(s\) in .* are not readable images: presence/broken.png"):
         prepare(tmp_path / "src", ["absence", "presence"], 0.2, 0.2, 32, 0, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 

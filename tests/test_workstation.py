@@ -53,8 +53,10 @@ def machine(tmp_path):
                    FRELON_FAKE_GPUS=str(gpus), FRELON_GPU_LOCK_DIR=str(tmp_path / "locks"),
                    FRELON_LAUNCH_RECORD=str(tmp_path / "launches.jsonl"), RANKS_DIR=str(tmp_path / "ranks"),
                    JOB=job, HOLD_S=str(hold_s), TMPDIR=str(tmp_path))  # what a killed launcher leaves, here
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(world_size)], env=env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with open(tmp_path / f"{job}.log", "w") as log:  # a file, not a pipe: read while the job runs
+            proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(world_size)], env=env, start_new_session=True,
+                                    stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.log = tmp_path / f"{job}.log"
         started.append(proc)
         return proc
 
@@ -79,11 +81,13 @@ def test_concurrent_launches_never_share_a_gpu(machine, tmp_path):
     jobs = [machine(f"job{i}", 2, 4, 60) for i in range(3)]  # 3 x 2 GPUs on 4: one job must wait
     running = lambda: list((tmp_path / "ranks").glob("*.pid"))  # noqa: E731
     wait_for(lambda: len(running()) >= 4 or any(proc.poll() is not None for proc in jobs), what="two jobs' ranks")
-    time.sleep(0.5)
-    assert len(running()) == 4 and all(proc.poll() is None for proc in jobs)  # the third one waits
+    # the third launch has tried the locks and said it waits: an event, not a guess at how long it takes
+    waiting = lambda: [p for p in jobs if "waiting for 2 free GPUs" in p.log.read_text()]  # noqa: E731
+    wait_for(lambda: waiting() or any(proc.poll() is not None for proc in jobs), what="the third job to wait")
+    assert len(running()) == 4 and all(proc.poll() is None for proc in jobs) and len(waiting()) == 1
     (tmp_path / "ranks" / "release").touch()
     for proc in jobs:
-        assert proc.wait(timeout=60) == 0, proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, proc.log.read_text()
     ranks = [json.loads(line) for line in (tmp_path / "ranks" / "ranks.jsonl").read_text().splitlines()]
     assert sorted(r["job"] for r in ranks) == ["job0", "job0", "job1", "job1", "job2", "job2"]
     for job in ("job0", "job1", "job2"):
@@ -113,7 +117,7 @@ def test_a_killed_launchers_gpus_come_back_only_after_its_ranks_are_gone(machine
     proc = machine("job", 2, 2, 60)
     wait_for(lambda: all((ranks / f"job.{i}.pid").exists() for i in (0, 1)) or proc.poll() is not None,
              what="both ranks to hold their GPUs")
-    assert proc.poll() is None, proc.stdout.read()
+    assert proc.poll() is None, proc.log.read_text()
     rank_pids = [int((ranks / f"job.{i}.pid").read_text()) for i in (0, 1)]
     [torchrun] = psutil.Process(proc.pid).children()
 

@@ -249,3 +249,53 @@ def test_a_patch_trained_without_an_image_is_refused():
     with pytest.raises(FrelonError, match="no training image to optimise the patch on: the train split has none "
                                           "of the source class; check patch_source"):
         train_patch(Brightness(), torch.zeros(0, 3, 8, 8, dtype=torch.uint8), 1, 2)
+
+
+def reference_sweep(net, pixels, labels, eps_255, steps, step_size, seed):
+    """accuracy_under_attack's numbers from the public attacks on the whole batch at once: FGSM's image, and
+    PGD fooling an image when any of its iterates (its random start included) is misclassified, from the
+    starts the sweep draws (one generator per eps, seeded from the eps)."""
+    from frelon.attacks import fgsm
+    from frelon.data.augment import sample_seed
+
+    with torch.no_grad():
+        right = net(pixels).argmax(1) == labels
+    accuracy = {}
+    for e in eps_255:
+        fooled = {"fgsm": torch.zeros(len(labels), dtype=torch.bool), "pgd": torch.zeros(len(labels), dtype=torch.bool)}
+        if e > 0:
+            with torch.no_grad():
+                fooled["fgsm"] = net(fgsm(net, pixels, labels, e / 255)).argmax(1) != labels
+            seen = []
+            generator = torch.Generator().manual_seed(sample_seed(seed, round(e * 1000)))
+            pgd(net, pixels, labels, e / 255, steps, step_size, generator=generator,
+                callback=lambda step, x: seen.append(x.detach()))
+            assert len(seen) == steps + 1
+            with torch.no_grad():
+                fooled["pgd"] = torch.stack([net(x).argmax(1) != labels for x in seen]).any(0)
+        for attack in ("fgsm", "pgd"):
+            accuracy[attack, e] = float((right & ~fooled[attack]).sum()) / len(labels)
+    return accuracy
+
+
+@pytest.mark.parametrize("step_size", [None, 3 / 255])
+def test_the_sweep_scores_each_attack_as_the_attacks_themselves_do(step_size):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 2)).eval()  # margins spread: each radius fools more
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (24, 3, 12, 12), generator=g, dtype=torch.uint8)
+    net = PixelModel(model, MEAN, STD).eval()
+    with torch.no_grad():
+        labels = net(images.float() / 255).argmax(1)  # every image right, clean
+    labels[:3] = 1 - labels[:3]  # but three
+    eps = [0, 1, 2, 8]
+    rows = accuracy_under_attack(model, MEAN, STD, images, labels, eps, steps=4, step_size=step_size, seed=7,
+                                 batch_size=64)
+    expected = reference_sweep(net, images.float() / 255, labels, eps, 4, step_size, 7)
+    got = {(r["attack"], r["eps_255"]): r["accuracy"] for r in rows}
+    assert got == expected
+    assert got["pgd", 0] == got["fgsm", 0] == 21 / 24 and got["pgd", 8] < got["pgd", 1] < 21 / 24
+    assert len({v for k, v in got.items() if k[1] > 0}) > 2  # the radii tell apart
+    other = accuracy_under_attack(model, MEAN, STD, images, labels, eps, steps=4, step_size=step_size, seed=8)
+    assert {(r["attack"], r["eps_255"]): r["accuracy"] for r in other} == reference_sweep(
+        net, images.float() / 255, labels, eps, 4, step_size, 8)

@@ -186,3 +186,40 @@ def test_a_peak_spreads_exactly_its_radius_at_the_min_overlap_asked_for(min_over
     torch.testing.assert_close(heatmap, expected, atol=1e-6, rtol=0)
     row = heatmap[13]
     assert row[17 + radius] > 0 and row[17 + radius + 1] == 0 and row[17 - radius] > 0 and row[17 - radius - 1] == 0
+
+
+def test_one_boxs_radius_is_a_float_and_the_defaults_are_the_papers():
+    assert isinstance(gaussian_radius(12.0, 16.0), float)
+    assert gaussian_radius(12.0, 16.0) == gaussian_radius(12.0, 16.0, 0.7)
+    boxes, labels = torch.tensor([[0.0, 0.0, 60.0, 44.0]]), torch.tensor([0])
+    single = build_targets(boxes, labels, 1, (64, 64))
+    assert single["size"].shape == (128, 2) and torch.equal(
+        single["heatmap"], build_targets(boxes, labels, 1, (64, 64), 4, 128, 0.7)["heatmap"])
+    batch = build_targets_batch(boxes[None], labels[None], torch.tensor([[True]]), 1, (64, 64))
+    assert batch["size"].shape == (1, 128, 2) and torch.allclose(batch["heatmap"][0], single["heatmap"], atol=1e-6)
+
+
+@pytest.mark.parametrize("corner", ["top-left", "bottom-right"])
+def test_a_peak_that_reaches_the_first_or_last_cell_is_its_definition_batched_or_not(corner):
+    """3 x 3-cell boxes in the corners, radius 1: the peak touches row and column 0 (or 15) and stays whole."""
+    box = torch.tensor([[0.0, 0.0, 12.0, 12.0]]) if corner == "top-left" else torch.tensor([[52.0, 52.0, 64.0, 64.0]])
+    radius = int(gaussian_radius(3, 3, 0.05))
+    assert radius == 1
+    single = build_targets(box, torch.tensor([0]), 1, (64, 64), max_objects=2, min_overlap=0.05)["heatmap"][0]
+    batch = build_targets_batch(box[None], torch.tensor([[0]]), torch.tensor([[True]]), 1, (64, 64), max_objects=2,
+                                min_overlap=0.05)["heatmap"][0, 0]
+    at = 1 if corner == "top-left" else 14  # the centre cell: int(1.5), int(14.5)
+    expected = peak_from_its_definition(16, 16, at, at, radius)
+    assert expected[at - 1, at - 1] > 0 and (at - 1 == 0 or at + 1 == 15)
+    torch.testing.assert_close(single, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch, expected, atol=1e-6, rtol=0)
+
+
+def test_a_peak_drawn_at_the_last_cell_is_clipped_and_a_centre_off_the_grid_is_refused():
+    heatmap = torch.zeros(4, 6)
+    draw_gaussian(heatmap, (5, 3), 2)
+    assert torch.equal(heatmap[1:, 3:], gaussian_kernel(2)[:3, :3]) and heatmap[0].eq(0).all()
+    for centre in ((6, 0), (0, 4), (-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match=rf"centre \(x={centre[0]}, y={centre[1]}\) is outside the 4x6 heatmap: "
+                                             "clamp it into the grid"):
+            draw_gaussian(torch.zeros(4, 6), centre, 1)

@@ -86,7 +86,10 @@ def _scratch(name: str, module: str, tests: list[str]) -> Path:
 
 
 def _mutmut(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "FRELON_WARM": "0"}
+    # one thread: mutmut forks each mutant's tests from a process that ran torch, and a forked child
+    # inherits OpenMP's thread pool without its threads (it would hang until the timeout, read as a kill)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "FRELON_WARM": "0", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=folder, env=env, text=True,
                           capture_output=True)
 

@@ -299,3 +299,142 @@ def test_the_sweep_scores_each_attack_as_the_attacks_themselves_do(step_size):
     other = accuracy_under_attack(model, MEAN, STD, images, labels, eps, steps=4, step_size=step_size, seed=8)
     assert {(r["attack"], r["eps_255"]): r["accuracy"] for r in other} == reference_sweep(
         net, images.float() / 255, labels, eps, 4, step_size, 8)
+
+
+def tanh_net() -> nn.Module:
+    """Small enough to attack 200 images in a second, curved enough that PGD finds what FGSM misses."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                          nn.Linear(32, 2)).eval()
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(4)
+    return model
+
+
+@pytest.mark.parametrize("step_size", [None, 1.5 / 255])
+def test_each_image_is_fooled_in_the_sweep_exactly_when_the_attacks_fool_it_batch_by_batch(step_size):
+    from frelon.attacks import fgsm, sweep
+    from frelon.data.augment import sample_seed
+
+    net = PixelModel(tanh_net(), MEAN, STD).eval()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (200, 3, 8, 8), generator=g, dtype=torch.uint8)
+    pixels = images.float() / 255
+    with torch.no_grad():
+        labels = net(pixels).argmax(1)
+    labels[::7] = 1 - labels[::7]  # some wrong before any attack
+    eps_255, steps, seed, batch = [0, 1, 2, 4, 8], 5, 11, 64
+    rows, per_image = sweep(net, images, labels, eps_255, steps, step_size, seed, batch, torch.device("cpu"))
+    with torch.no_grad():
+        right = net(pixels).argmax(1) == labels
+    assert torch.equal(per_image["correct"], right)
+    for e in eps_255:
+        eps, generator = e / 255, torch.Generator().manual_seed(sample_seed(seed, round(e * 1000)))
+        fooled = {"fgsm": torch.zeros(200, dtype=torch.bool), "pgd": torch.zeros(200, dtype=torch.bool)}
+        for begin in range(0, 200, batch):  # the sweep's batches, each drawing its starts in turn
+            x, y = pixels[begin:begin + batch], labels[begin:begin + batch]
+            seen = []
+            pgd(net, x, y, eps, steps, step_size, generator=generator, callback=lambda s, a: seen.append(a.detach()))
+            if e == 0:
+                continue
+            with torch.no_grad():
+                fooled["fgsm"][begin:begin + batch] = net(fgsm(net, x, y, eps)).argmax(1) != y
+                fooled["pgd"][begin:begin + batch] = torch.stack([net(a).argmax(1) != y for a in seen]).any(0)
+        for attack in ("fgsm", "pgd"):
+            expected = right & fooled[attack]
+            assert torch.equal(per_image["fooled"][attack, e], expected), (attack, e)
+            row = next(r for r in rows if (r["attack"], r["eps_255"]) == (attack, e))
+            assert row == {"attack": attack, "eps_255": e, "eps": eps, "n": 200,
+                           "accuracy": float((right & ~fooled[attack]).sum()) / 200}
+    accuracy = {(r["attack"], r["eps_255"]): r["accuracy"] for r in rows}
+    assert accuracy["pgd", 8] < accuracy["fgsm", 8] < accuracy["fgsm", 1] < accuracy["fgsm", 0]
+
+
+def test_the_attacks_leave_alone_the_pixels_the_model_does_not_see():
+    """A zero gradient has sign 0: FGSM and PGD steps move nothing there (PGD's random start still does)."""
+    from frelon.attacks import fgsm
+
+    torch.manual_seed(0)
+    red_only = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.LazyLinear(2))
+    with torch.no_grad():
+        red_only[0].weight[:, 1:] = 0  # green and blue never reach the output
+    red_only(torch.zeros(1, 3, 8, 8))
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
+    moved = fgsm(red_only, x, y, 4 / 255)
+    assert torch.equal(moved[:, 1:], x[:, 1:]) and not torch.equal(moved[:, 0], x[:, 0])
+    stepped = pgd(red_only, x, y, 4 / 255, steps=3, random_start=False)
+    assert torch.equal(stepped[:, 1:], x[:, 1:]) and not torch.equal(stepped[:, 0], x[:, 0])
+
+
+def test_defaults_are_the_documented_ones():
+    net = PixelModel(small_net(3), MEAN, STD)
+    x, y = torch.rand(6, 3, 12, 12), torch.randint(0, 2, (6,))
+    assert torch.equal(pgd(net, x, y, 4 / 255), pgd(net, x, y, 4 / 255, 10, 2.5 * (4 / 255) / 10,
+                                                    generator=torch.Generator().manual_seed(0)))
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    assert torch.equal(train_patch(net, images, 1, 3, steps=2), train_patch(
+        net, images, 1, 3, 2, 0.05, 16, torch.Generator().manual_seed(0)))
+    assert torch.equal(train_patch(net, images, 1, 3, steps=100, lr=0.05), train_patch(net, images, 1, 3))
+    model = tanh_net()
+    images = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.randint(0, 2, (70,), generator=torch.Generator().manual_seed(3))
+    assert accuracy_under_attack(model, MEAN, STD, images, labels) == accuracy_under_attack(
+        model, MEAN, STD, images, labels, (0, 1, 2, 4, 8), 10, None, 0, 64, "cpu")
+
+
+def test_wrong_radii_positions_and_pixels_are_named():
+    from frelon.attacks import eps_list, to_pixels
+
+    for values in ([], [1, -1], [True], ["2"]):
+        with pytest.raises(FrelonError, match=r"give a list of non-negative radii in 1/255 units, e\.g\. \[0, 1, 2, 4, 8\]"):
+            eps_list(values)
+    assert eps_list((0, 2.5)) == [0, 2.5]
+    with pytest.raises(FrelonError, match=r"^eps -0\.1: give a non-negative radius, in pixels of \[0, 1\]"):
+        pgd(small_net(), torch.rand(1, 3, 4, 4), torch.tensor([0]), -0.1)
+    with pytest.raises(FrelonError, match=r"^pgd steps -1: give 0 \(random start only\) or more$"):
+        pgd(small_net(), torch.rand(1, 3, 4, 4), torch.tensor([0]), 0.1, steps=-1)
+    assert pgd(small_net(), torch.zeros(1, 3, 4, 4), torch.tensor([0]), 0.1, steps=0).abs().max() <= 0.1
+    with pytest.raises(FrelonError, match=r"^float images range over \[0, 1\.5\]"):
+        to_pixels(torch.tensor([0.0, 1.5]).view(1, 2, 1, 1))
+    with pytest.raises(FrelonError, match=r"^images of dtype torch\.int32: give uint8"):
+        to_pixels(torch.zeros(1, 3, 2, 2, dtype=torch.int32))
+    images, patch = torch.rand(3, 3, 10, 12), torch.zeros(3, 4, 4)
+    with pytest.raises(FrelonError, match=r"^2 tops and 1 lefts for 3 images: give one position or one per image$"):
+        paste(images, patch, [0, 1], 0)
+    with pytest.raises(FrelonError, match=r"^a 4 px patch at \(top 7, left 0\) leaves the 10x12 image: give 0 <= top "
+                                          r"<= 6 and 0 <= left <= 8$"):
+        paste(images, patch, 7, 0)
+    assert patch_side(1.0, 8, 8) == 8  # the whole image
+    with pytest.raises(FrelonError, match=r"^a patch of 100% of a 8x16 image is 11 px wide and does not fit: use a "
+                                          r"smaller area$"):
+        patch_side(1.0, 8, 16)
+    with pytest.raises(FrelonError, match=r"^patch area 1\.5: give a fraction of the image in \(0, 1\]"):
+        patch_side(1.5, 8, 8)
+
+
+def test_the_patch_study_uses_one_generator_per_area_for_training_then_scoring():
+    from frelon.attacks import patch_study, patch_success
+    from frelon.data.augment import sample_seed
+
+    net = PixelModel(Brightness(), MEAN, STD)
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 120, (9, 3, 20, 20), generator=g, dtype=torch.uint8)
+    test = torch.randint(0, 120, (7, 3, 20, 20), generator=g, dtype=torch.uint8)
+    rows, patches = patch_study(Brightness(), MEAN, STD, train, test, 1, areas=(0.09,), steps=3, lr=0.1, batch=5,
+                                seed=2, batch_size=4)
+    generator = torch.Generator().manual_seed(sample_seed(2, round(0.09 * 1e6)))
+    patch = train_patch(net, train, 1, 6, 3, 0.1, 5, generator)
+    success, noise = patch_success(net, test, patch, 1, generator, 4)
+    assert torch.equal(patches[0.09], patch)
+    assert rows == [{"area": 0.09, "side_px": 6, "success": success, "noise_success": noise, "n": 7}]
+
+
+def test_a_sweep_of_no_image_has_no_accuracy():
+    from frelon.attacks import sweep
+
+    rows, _ = sweep(PixelModel(small_net(), MEAN, STD), torch.zeros(0, 3, 8, 8, dtype=torch.uint8),
+                    torch.zeros(0, dtype=torch.int64), [0, 2], 2, None, 0, 8, torch.device("cpu"))
+    assert [(r["attack"], r["eps_255"], r["accuracy"], r["n"]) for r in rows] == [
+        ("fgsm", 0, None, 0), ("fgsm", 2, None, 0), ("pgd", 0, None, 0), ("pgd", 2, None, 0)]

@@ -27,7 +27,7 @@ from conftest import copy_workflow, run, tool_env
 pytestmark = pytest.mark.slow
 
 SEEDS = {1: "1", 2: "0"}  # seed: FRELON_WARM (runs forked from the warm server, or started cold: torchrun)
-KILLS_PER_SEED = 12
+KILLS_PER_SEED = 10  # 20 kills across the two seeds
 COMMAND = ["snakemake", "--cores", "2", "--configfile", "config/kill.yaml"]
 # what differs between two runs of the same config: times, speeds, memory peaks
 TIMING = re.compile(r"seconds|per_second|_ms$|^time|throughput|wait|memory|speedup")

@@ -313,8 +313,8 @@ def tanh_net() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("step_size", [None, 1.5 / 255])
-def test_each_image_is_fooled_in_the_sweep_exactly_when_the_attacks_fool_it_batch_by_batch(step_size):
+@pytest.mark.parametrize("steps, step_size", [(5, None), (5, 1.5 / 255), (1, None)])
+def test_each_image_is_fooled_in_the_sweep_exactly_when_the_attacks_fool_it_batch_by_batch(steps, step_size):
     from frelon.attacks import fgsm, sweep
     from frelon.data.augment import sample_seed
 
@@ -325,7 +325,7 @@ def test_each_image_is_fooled_in_the_sweep_exactly_when_the_attacks_fool_it_batc
     with torch.no_grad():
         labels = net(pixels).argmax(1)
     labels[::7] = 1 - labels[::7]  # some wrong before any attack
-    eps_255, steps, seed, batch = [0, 1, 2, 4, 8], 5, 11, 64
+    eps_255, seed, batch = [0, 1, 2, 4, 8], 11, 64
     rows, per_image = sweep(net, images, labels, eps_255, steps, step_size, seed, batch, torch.device("cpu"))
     with torch.no_grad():
         right = net(pixels).argmax(1) == labels
@@ -349,7 +349,7 @@ def test_each_image_is_fooled_in_the_sweep_exactly_when_the_attacks_fool_it_batc
             assert row == {"attack": attack, "eps_255": e, "eps": eps, "n": 200,
                            "accuracy": float((right & ~fooled[attack]).sum()) / 200}
     accuracy = {(r["attack"], r["eps_255"]): r["accuracy"] for r in rows}
-    assert accuracy["pgd", 8] < accuracy["fgsm", 8] < accuracy["fgsm", 1] < accuracy["fgsm", 0]
+    assert accuracy["pgd", 8] <= accuracy["fgsm", 8] < accuracy["fgsm", 1] < accuracy["fgsm", 0]
 
 
 def test_the_attacks_leave_alone_the_pixels_the_model_does_not_see():
@@ -438,3 +438,83 @@ def test_a_sweep_of_no_image_has_no_accuracy():
                     torch.zeros(0, dtype=torch.int64), [0, 2], 2, None, 0, 8, torch.device("cpu"))
     assert [(r["attack"], r["eps_255"], r["accuracy"], r["n"]) for r in rows] == [
         ("fgsm", 0, None, 0), ("fgsm", 2, None, 0), ("pgd", 0, None, 0), ("pgd", 2, None, 0)]
+
+
+def test_a_radius_of_one_255th_is_one_255th():
+    """A linear model and an image whose margin FGSM crosses at 1/255 but not at 1/256 of the pixel range."""
+    from frelon.attacks import sweep
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2)).eval()
+    direction = torch.where(torch.arange(48) % 2 == 0, 1.0, -1.0)  # |w|_1 = 48
+    margin = 48 * (1 / 255 + 1 / 256) / 2
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.zeros(48), direction]))
+        model[1].bias.copy_(torch.tensor([margin, 0.0]))  # at grey 0.5, class 0 by the margin
+    net = PixelModel(model, [0.5, 0.5, 0.5], [1.0, 1.0, 1.0])
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    rows, per_image = sweep(net, grey, torch.tensor([0]), [1], 1, None, 0, 8, torch.device("cpu"))
+    assert per_image["fooled"]["fgsm", 1].tolist() == [True]
+    rows, per_image = sweep(net, grey, torch.tensor([0]), [255 / 256], 1, None, 0, 8, torch.device("cpu"))
+    assert per_image["fooled"]["fgsm", 255 / 256].tolist() == [False]
+
+
+def test_the_study_functions_hand_on_their_documented_settings(monkeypatch):
+    from frelon import attacks
+    from frelon.data.augment import sample_seed
+
+    seen = {}
+    monkeypatch.setattr(attacks, "sweep", lambda *args: seen.setdefault("sweep", args) and ([], {}))
+    attacks.accuracy_under_attack(small_net(), MEAN, STD, torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.int64))
+    net, _, _, eps, steps, step_size, seed, batch, device = seen["sweep"]
+    assert isinstance(net, PixelModel) and not net.training
+    assert (list(eps), steps, step_size, seed, batch, device) == ([0, 1, 2, 4, 8], 10, None, 0, 64, torch.device("cpu"))
+
+    def train(net, images, target, side, steps, lr, batch, generator, device):
+        seen["train"] = (steps, lr, batch, device, generator.get_state())
+        return torch.zeros(3, side, side)
+
+    def score(net, images, patch, target, generator, batch_size, device):
+        seen["score"] = (generator, batch_size, device)
+        return 0.5, 0.25
+
+    monkeypatch.setattr(attacks, "train_patch", train)
+    monkeypatch.setattr(attacks, "patch_success", score)
+    rows, _ = attacks.patch_study(small_net(), MEAN, STD, torch.zeros(2, 3, 10, 10), torch.zeros(3, 3, 10, 10), 1,
+                                  areas=(0.7,), seed=5)
+    expected = torch.Generator().manual_seed(sample_seed(5, 700000)).get_state()
+    assert seen["train"][:4] == (100, 0.05, 16, "cpu") and torch.equal(seen["train"][4], expected)
+    assert isinstance(seen["score"][0], torch.Generator) and seen["score"][1:] == (64, "cpu")
+    assert rows == [{"area": 0.7, "side_px": 8, "success": 0.5, "noise_success": 0.25, "n": 3}]
+    attacks.patch_study(small_net(), MEAN, STD, torch.zeros(2, 3, 10, 10), torch.zeros(3, 3, 10, 10), 1, areas=(0.7,))
+    assert torch.equal(seen["train"][4], torch.Generator().manual_seed(sample_seed(0, 700000)).get_state())  # seed 0
+
+
+def test_a_patch_is_trained_on_batches_of_sixteen_by_default():
+    net = PixelModel(small_net(3), MEAN, STD)
+    images = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(train_patch(net, images, 1, 3, steps=2), train_patch(
+        net, images, 1, 3, 2, 0.05, 16, torch.Generator().manual_seed(0)))
+    assert not torch.equal(train_patch(net, images, 1, 3, steps=2), train_patch(
+        net, images, 1, 3, 2, 0.05, 17, torch.Generator().manual_seed(0)))
+
+
+class Dormant(nn.Module):
+    """Class 1 only once the pixels' sum passes a threshold (a ReLU): below it every gradient is exactly 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = x.flatten(1).sum(1)
+        return torch.stack([torch.full_like(total, 0.5), 100 * torch.relu(total - 0.5 * 48 - 1.0)], 1)
+
+
+def test_a_zero_gradient_moves_no_pixel_so_a_dormant_network_is_not_fooled():
+    """sign(0) is 0: neither attack moves a pixel whose gradient is 0, however close the threshold (all 48
+    pixels pushed by 8/255 would cross it)."""
+    from frelon.attacks import sweep
+
+    net = PixelModel(Dormant(), [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    _, per_image = sweep(net, grey, torch.tensor([0]), [8], 3, None, 0, 8, torch.device("cpu"))
+    assert per_image["correct"].tolist() == [True]
+    assert per_image["fooled"]["fgsm", 8].tolist() == [False] and per_image["fooled"]["pgd", 8].tolist() == [False]
+    with torch.no_grad():
+        assert net(grey + 8 / 255).argmax(1).tolist() == [1]  # what moving every pixel to the edge would do

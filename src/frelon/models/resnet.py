@@ -154,3 +154,9 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def from_spec(model: dict, num_classes: int) -> ResNet:
+    """The classifier a run's `spec["model"]` describes (a spec without `width` is of the published width)."""
+    return ResNet(model["arch"], num_classes, model["norm"], model["residual"], model["zero_init_residual"],
+                  model.get("width", WIDTH))

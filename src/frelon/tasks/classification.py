@@ -11,7 +11,7 @@ from torch import nn
 
 from frelon.data.dataset import CachedSplit, collate
 from frelon.evaluate.classification import confusion_matrix, metrics
-from frelon.models.resnet import WIDTH, ResNet
+from frelon.models.resnet import from_spec
 from frelon.models.weights import load_pretrained
 from frelon.parallel.distributed import World
 
@@ -27,8 +27,7 @@ class ClassificationTask:
     def build_model(self, pretrained: bool, empty: bool = False) -> nn.Module:
         m = self.spec["model"]
         with torch.device("meta") if empty else contextlib.nullcontext():
-            model = ResNet(m["arch"], self.num_classes, m["norm"], m["residual"], m["zero_init_residual"],
-                           m.get("width", WIDTH))
+            model = from_spec(m, self.num_classes)
         if pretrained and m["weights_path"]:
             load_pretrained(model, m["weights_path"])
         if m["head_only"]:

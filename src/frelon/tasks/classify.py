@@ -11,7 +11,7 @@ from PIL import Image
 
 from frelon.data.folder import load_square
 from frelon.errors import FrelonError
-from frelon.models.resnet import WIDTH, ResNet
+from frelon.models.resnet import from_spec
 from frelon.tasks.detection.inference import image_files, warn_if_small
 from frelon.tasks.detection.video import UNREADABLE
 from frelon.tasks.trained import load_run, weights_error
@@ -25,8 +25,7 @@ def load_classifier(checkpoint: str | os.PathLike,
     m = state["spec"]["model"]
     try:
         with torch.device("meta"):  # no initialisation to throw away: every tensor comes from the checkpoint
-            model = ResNet(m["arch"], m["num_classes"], m["norm"], m["residual"], m["zero_init_residual"],
-                           m.get("width", WIDTH))
+            model = from_spec(m, m["num_classes"])
         model.load_state_dict(state["model"], assign=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise weights_error(checkpoint, exc) from None

@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "rules", "workflow", "envs", "config", "profiles", "dvc.yaml", "src"]
@@ -98,10 +99,28 @@ def http_root(http_server):
     return http_server.root, http_server.url
 
 
+def shorten_demo(config: dict) -> None:
+    """The demo with fewer epochs and steps: every job, study, experiment and seed of it, each trained for
+    less (`make demo`, which CI also runs, trains the demo in full and checks its bars)."""
+    config["demo"]["pretrain"]["train"]["epochs"] = 8
+    studies = config["studies"]
+    studies["finetune"]["train"]["epochs"] = 3
+    studies["finetune"]["experiments"]["pretrained-augmented"]["train"]["epochs"] = 1  # a third, as in the demo
+    studies["augmentation"]["train"]["epochs"] = 2
+    studies["ingredients"]["train"]["epochs"] = 2
+    studies["detection"]["train"]["epochs"] = 4
+    config["adversarial"].update(patch_steps=10, pgd_steps=3)
+    config["checkpointing"].update(steps=2)
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    """The whole demo pipeline, run once in a fresh copy of the workflow."""
+    """The demo pipeline, shortened (shorten_demo), run once in a fresh copy of the workflow."""
     work = copy_workflow(tmp_path_factory.mktemp("demo"))
+    path = work / "config" / "demo.yaml"
+    config = yaml.safe_load(path.read_text())
+    shorten_demo(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     run(["snakemake", "--cores", "2", "--configfile", "config/demo.yaml"], cwd=work)
     return work
 

@@ -154,7 +154,7 @@ def whole(data, tmp_path_factory):
     return out, run(out)
 
 
-@pytest.mark.slow  # two processes: 14 s, most of it their start-up
+@pytest.mark.slow  # two processes: seconds, most of it their start-up
 def test_two_ranks_train_and_score_the_test_split_when_collectives_do_not_block(whole, monkeypatch):
     out, reports = whole
     assert [r["code"] for r in reports] == [0, 0]
@@ -169,7 +169,7 @@ def test_two_ranks_train_and_score_the_test_split_when_collectives_do_not_block(
     assert {k: v for k, v in from_file.items() if k not in TIMING} == scores(out)  # in memory = from model.pt
 
 
-@pytest.mark.slow  # three 2-process runs: about 20 s
+@pytest.mark.slow  # three 2-process runs: about 10 s
 def test_a_stop_asked_of_one_rank_saves_before_any_rank_exits_and_resumes_on_fewer_visible_gpus(data, whole,
                                                                                                  tmp_path):
     make_spec(data, tmp_path, **TRAIN)

@@ -48,6 +48,7 @@ def _ddp_rank(rank, port, out):
         distributed.shutdown()
 
 
+@pytest.mark.slow  # two processes: most of it is their start-up
 def test_a_two_rank_ddp_step_has_the_gradients_of_one_process_on_the_whole_batch(tmp_path):
     with rendezvous() as port:
         mp.spawn(_ddp_rank, args=(port, str(tmp_path / "grads")), nprocs=2, join=True)

@@ -118,6 +118,7 @@ def conda_workflow(dest: Path) -> Path:
     return work
 
 
+@pytest.mark.slow  # Snakemake resolving every job's environment: seconds
 @pytest.mark.parametrize("configfile", ["config/demo.yaml", None])
 def test_a_conda_dry_run_resolves_the_environment_of_every_job(tmp_path, fake_conda, configfile):
     work = conda_workflow(tmp_path / "w")
@@ -134,6 +135,7 @@ def test_a_conda_dry_run_resolves_the_environment_of_every_job(tmp_path, fake_co
     assert out.count("Conda environment") == 1
 
 
+@pytest.mark.slow  # a Snakemake run through conda: seconds
 def test_jobs_run_inside_the_environment_that_installs_this_checkout(tmp_path, fake_conda):
     work = conda_workflow(tmp_path / "w")
     spec = "results/runs/finetune/random/seed0/spec.json"  # a script rule; demo_hornet runs a shell command

@@ -250,6 +250,7 @@ def test_a_class_name_with_a_comma_is_refused():
         validate(config, SCHEMA)
 
 
+@pytest.mark.slow  # Snakemake runs: seconds
 def test_paths_with_shell_metacharacters_reach_each_command_as_one_argument(tmp_path):
     """Every shell command of the jobs that use the paths, printed by a dry run and run with a `frelon` that
     records its arguments: the paths arrive whole, and nothing in them is executed."""

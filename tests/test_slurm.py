@@ -47,7 +47,7 @@ def _config(work: Path, spread: bool = True) -> Path:
     config["studies"] = {STUDY: {
         "dataset": "hornet",
         "model": {"arch": "resnet18", "weights": None},
-        "train": {"epochs": 4, "batch_size": 8, "base_batch": 16, "base_lr": 0.02, "checkpoint_every": 2,
+        "train": {"epochs": 3, "batch_size": 8, "base_batch": 16, "base_lr": 0.02, "checkpoint_every": 2,
                   "workers": 0},
         "experiments": {
             "w1": {"train": {"world_size": 1}},
@@ -109,10 +109,22 @@ def _signal_when_training(work: Path, run_dirs: list[str], proc: subprocess.Pope
 
 
 def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
-    # the local run to compare with: w2-nodes2 is w2 placed on two nodes, the same computation
+    # the local run to compare with (w2-nodes2 is w2 placed on two nodes, the same computation), beside the
+    # SLURM run, at the lowest priority: it takes the CPU time the SLURM run leaves while it waits for SLURM
+    # (Snakemake checks on SLURM jobs ever less often, so a slowed job can cost it half a minute)
     local = copy_workflow(tmp_path / "local")
-    run(["snakemake", "--cores", "2", STUDY, "--configfile", str(_config(local, spread=False))], cwd=local)
+    command = ["nice", "-n", "19", "snakemake", "--cores", "2", STUDY, "--configfile", str(_config(local, spread=False))]
+    with open(tmp_path / "local.log", "w") as log:
+        local_run = subprocess.Popen(command, cwd=local, env=tool_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _run_on_slurm(tmp_path, local, local_run)
+    finally:
+        if local_run.poll() is None:
+            local_run.kill()
+        local_run.wait()
 
+
+def _run_on_slurm(tmp_path: Path, local: Path, local_run: subprocess.Popen) -> None:
     work = copy_workflow(tmp_path / "slurm")
     config = _config(work)
     run(["snakemake", "--cores", "2", "data/prepared/hornet", "--configfile", str(config)], cwd=work)
@@ -124,6 +136,7 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
     # the warning signal, to a one-node and a two-node run in the middle of their training
     signalled = _signal_when_training(work, [f"results/runs/{STUDY}/w2", f"results/runs/{STUDY}/w2-nodes2"], proc)
     out, _ = proc.communicate(timeout=600)
+    (tmp_path / "slurm.log").write_text(out)
     assert proc.returncode == 0, out[-6000:]
     print(f"SLURM run: {time.monotonic() - started:.0f} s")
 
@@ -165,6 +178,7 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
     assert shared_node > 0
 
     # the signalled runs saved, stopped, and their retries resumed to the uninterrupted runs' weights
+    assert local_run.wait(timeout=600) == 0, (tmp_path / "local.log").read_text()[-4000:]
     for name in ("w2", "w2-nodes2"):
         assert "resumed from" in (work / f"results/runs/{STUDY}/{name}/train.log").read_text()
     for name, same in (("w1", "w1"), ("w2", "w2"), ("w2-nodes2", "w2")):

@@ -68,6 +68,7 @@ def cold_and_warm(data, tmp_path, world_size):
     return runs
 
 
+@pytest.mark.slow  # a cold torchrun start and three runs: seconds
 def test_a_warm_run_trains_the_weights_of_a_cold_start_and_later_runs_share_its_server(data, tmp_path,
                                                                                           warm_servers):
     runs = cold_and_warm(data, tmp_path, world_size=1)

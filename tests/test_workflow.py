@@ -17,6 +17,7 @@ def test_the_snakefiles_are_formatted():
     run(["snakefmt", "--check", *SNAKEFILES], cwd=REPO)
 
 
+@pytest.mark.slow  # Snakemake parsing the workflow: seconds
 @pytest.mark.parametrize("configfile", ["config/demo.yaml", None])
 def test_snakemake_lint_finds_nothing(tmp_path, configfile):
     work = copy_workflow(tmp_path / "w")
@@ -104,6 +105,7 @@ needs_slurm_plugin = pytest.mark.skipif(importlib.util.find_spec("snakemake_exec
                                         reason="the SLURM executor plugin is not installed (pip install '.[slurm]')")
 
 
+@pytest.mark.slow  # Snakemake runs: seconds
 @needs_slurm_plugin
 def test_on_a_cluster_each_job_asks_for_its_gpus_and_shares_nothing(tmp_path, monkeypatch):
     work = copy_workflow(tmp_path / "w")
@@ -115,6 +117,7 @@ def test_on_a_cluster_each_job_asks_for_its_gpus_and_shares_nothing(tmp_path, mo
     assert {res["machine"] for rule, output, res in jobs if rule != "all"} == {"1"}  # SLURM ignores it
 
 
+@pytest.mark.slow  # Snakemake runs: seconds
 @needs_slurm_plugin
 def test_the_slurm_executor_runs_the_workflow_without_a_core_count(tmp_path):
     # Snakemake counts no cores under a cluster executor; the checkpointing study's threads once asked

@@ -4,6 +4,7 @@ writing, and a run resumes whatever GPUs it sees now."""
 
 import fcntl
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -24,6 +25,9 @@ from frelon.parallel.distributed import World
 from test_distributed_eval import AGENT_STORE, rendezvous
 
 TRAIN = dict(epochs=2, world_size=2, batch_size=4, log_every=1)
+# the ranks start from a fork server that imported torch and the worker once, where "spawn" imports them anew
+# in each rank (the ranks set their environment themselves: a fork server's children do not see the test's)
+multiprocessing.set_forkserver_preload(["torch", "frelon.launch.worker", "nccl_emulation"])
 
 
 class SmallTask(ClassificationTask):
@@ -114,7 +118,7 @@ def run(out, **options):
     """Both ranks of the run in `out` (its spec.json); what each reported when its worker returned."""
     (out / "preempted").unlink(missing_ok=True)
     with rendezvous() as port:
-        mp.spawn(_rank, args=(port, str(out), options), nprocs=2, join=True)
+        mp.start_processes(_rank, args=(port, str(out), options), nprocs=2, join=True, start_method="forkserver")
     return [torch.load(out / f"report.{rank}", weights_only=False) for rank in (0, 1)]
 
 
@@ -236,7 +240,7 @@ def test_ranks_wait_for_rank_zeros_run_lock_before_reading_the_state(data, tmp_p
     fcntl.flock(lock, fcntl.LOCK_EX)  # the old ranks still hold the run
     with rendezvous() as port:
         context = mp.start_processes(_rank, args=(port, str(tmp_path), {"loads": True}), nprocs=2,
-                                     join=False, start_method="spawn")
+                                     join=False, start_method="forkserver")
         deadline = time.monotonic() + 8  # both ranks start; rank 0 waits for the lock; rank 1 must wait for rank 0
         while time.monotonic() < deadline and not (tmp_path / "loaded.1").exists():
             time.sleep(0.1)

@@ -76,6 +76,10 @@ def main() -> int:
         for name in ("absence", "presence"):  # the course config's datasets.hornet (source: raw/hornet)
             (Path(tmp) / "raw" / "hornet" / name).mkdir(parents=True)
             Image.new("RGB", (8, 8)).save(Path(tmp) / "raw" / "hornet" / name / "stub.jpg")
+        traps = Path(tmp) / "raw" / "hornet_traps"  # and its detection_data.hornet_traps (a YOLO export)
+        for folder in ("images/train", "labels/train"):
+            (traps / folder).mkdir(parents=True)
+        (traps / "data.yaml").write_text("train: images/train\nval: images/train\nnames: [velutina, crabro]\n")
         seconds, done = timed([*SNAKEMAKE, "-n", "-s", str(repo / "Snakefile"), "-d", tmp, "--configfile", config],
                               repo, args.repeat)
     if done.returncode == 0:

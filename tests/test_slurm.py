@@ -113,7 +113,8 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
     # SLURM run, at the lowest priority: it takes the CPU time the SLURM run leaves while it waits for SLURM
     # (Snakemake checks on SLURM jobs ever less often, so a slowed job can cost it half a minute)
     local = copy_workflow(tmp_path / "local")
-    command = ["nice", "-n", "19", "snakemake", "--cores", "2", STUDY, "--configfile", str(_config(local, spread=False))]
+    config = _config(local, spread=False)
+    command = ["nice", "-n", "19", "snakemake", "--cores", "2", STUDY, "--configfile", str(config)]
     with open(tmp_path / "local.log", "w") as log:
         local_run = subprocess.Popen(command, cwd=local, env=tool_env(), stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import re
@@ -33,6 +34,26 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> 
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
+    """`cmd` running in the background for the with-block, its output in `log`; killed if it still runs at the
+    block's end. `succeeded` waits for it."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env or tool_env(), stdout=out, stderr=subprocess.STDOUT)
+    proc.log = log
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def succeeded(proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Wait for a command `started` in the background; on a failure show the end of its log."""
+    assert proc.wait(timeout=timeout) == 0, proc.log.read_text()[-4000:]
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import copy_workflow, run, tool_env
+from conftest import copy_workflow, run, started, succeeded, tool_env
 from frelon.launch import warm
 
 pytestmark = pytest.mark.slow
@@ -182,17 +182,15 @@ def test_a_pipeline_killed_anywhere_again_and_again_completes_with_the_uninterru
     kill_config(whole)
     whole_warm = tmp_path / "warm-whole"
     whole_warm.mkdir(mode=0o700)
-    with open(tmp_path / "whole.log", "w") as log:
-        reference = subprocess.Popen(COMMAND, cwd=whole, env={**tool_env(), warm.DIR_VAR: str(whole_warm)},
-                                     stdout=log, stderr=subprocess.STDOUT)
     try:
-        with ThreadPoolExecutor(len(SEEDS)) as pool:
-            killed = [pool.submit(killed_pipeline, tmp_path, seed, how, warm_servers) for seed, how in SEEDS.items()]
-            killed = [future.result() for future in killed]
-        assert reference.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()[-4000:]
+        own_server = {**tool_env(), warm.DIR_VAR: str(whole_warm)}
+        with started(COMMAND, whole, tmp_path / "whole.log", own_server) as reference:
+            with ThreadPoolExecutor(len(SEEDS)) as pool:
+                killed = [pool.submit(killed_pipeline, tmp_path, seed, how, warm_servers)
+                          for seed, how in SEEDS.items()]
+                killed = [future.result() for future in killed]
+            succeeded(reference)
     finally:
-        if reference.poll() is None:
-            reference.kill()
         warm.stop(whole_warm)
     expected = outcome(whole)
     assert any(k.endswith("random/seed0/model.pt") for k in expected)  # two processes

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 import slurm_cluster
-from conftest import copy_workflow, run, tool_env
+from conftest import copy_workflow, run, started, succeeded, tool_env
 
 pytestmark = pytest.mark.slow
 STUDY = "cluster"
@@ -115,14 +115,8 @@ def test_the_profile_trains_on_a_real_slurm_like_a_local_run(cluster, tmp_path):
     local = copy_workflow(tmp_path / "local")
     config = _config(local, spread=False)
     command = ["nice", "-n", "19", "snakemake", "--cores", "2", STUDY, "--configfile", str(config)]
-    with open(tmp_path / "local.log", "w") as log:
-        local_run = subprocess.Popen(command, cwd=local, env=tool_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with started(command, local, tmp_path / "local.log") as local_run:
         _run_on_slurm(tmp_path, local, local_run)
-    finally:
-        if local_run.poll() is None:
-            local_run.kill()
-        local_run.wait()
 
 
 def _run_on_slurm(tmp_path: Path, local: Path, local_run: subprocess.Popen) -> None:
@@ -179,7 +173,7 @@ def _run_on_slurm(tmp_path: Path, local: Path, local_run: subprocess.Popen) -> N
     assert shared_node > 0
 
     # the signalled runs saved, stopped, and their retries resumed to the uninterrupted runs' weights
-    assert local_run.wait(timeout=600) == 0, (tmp_path / "local.log").read_text()[-4000:]
+    succeeded(local_run)
     for name in ("w2", "w2-nodes2"):
         assert "resumed from" in (work / f"results/runs/{STUDY}/{name}/train.log").read_text()
     for name, same in (("w1", "w1"), ("w2", "w2"), ("w2-nodes2", "w2")):
